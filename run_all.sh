@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# End-to-end pipeline: set up .venv, get the data, flatten it, build the split CSVs, train.
+#
+#   ./run_all.sh --demo                       # built-in phantom data, CPU preset, no network needed
+#   ./run_all.sh --data-root /data/nih        # an existing NIH ChestX-ray14 copy
+#   ./run_all.sh                              # download NIH with kagglehub first (~42 GB)
+#   ./run_all.sh --demo -- --epochs 2         # everything after -- goes to `roi-consistency train`
+#
+# Stages whose outputs exist are skipped, and training resumes from its checkpoint, so running the
+# same command again after Ctrl+C continues where it stopped. Everything is also logged to
+# WORK/roi-run.log.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+DEMO=0; DATA_ROOT=""; WORK=""; TRAIN_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) DEMO=1 ;;
+    --data-root) DATA_ROOT="$2"; shift ;;
+    --work) WORK="$2"; shift ;;
+    -h|--help) usage; echo; echo "options: --demo | --data-root DIR, --work DIR (default runs/demo or runs/nih)"; exit 0 ;;
+    --) shift; TRAIN_ARGS=("$@"); break ;;
+    *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "$WORK" ]; then WORK=$([ "$DEMO" = 1 ] && echo runs/demo || echo runs/nih); fi
+mkdir -p "$WORK"
+exec > >(tee -a "$WORK/roi-run.log") 2>&1
+echo "== run_all.sh $(date -u +%FT%TZ) demo=$DEMO work=$WORK"
+start=$SECONDS
+stage() { echo; echo "== [$(( SECONDS - start ))s] $*"; }
+
+stage "setup"
+./setup.sh
+RC=.venv/bin/roi-consistency
+
+if [ "$DEMO" = 1 ]; then
+  DATA_ROOT="$WORK/phantom"
+  if [ -f "$DATA_ROOT/test_list.txt" ]; then stage "phantom: exists, skipped"
+  else stage "phantom"; $RC phantom --out "$DATA_ROOT" --n-images 2000 --size 256; fi
+elif [ -z "$DATA_ROOT" ]; then
+  stage "download"
+  DATA_ROOT=$($RC download | tail -n 1)
+fi
+
+stage "unify"
+$RC unify --data-root "$DATA_ROOT"
+
+CSV_DIR="$WORK/csv"
+if [ -f "$CSV_DIR/nih_roi_test.csv" ]; then stage "make-csv: exists, skipped"
+else stage "make-csv"; $RC make-csv --data-root "$DATA_ROOT" --out-dir "$CSV_DIR"; fi
+
+CKPT="$WORK/checkpoints/nih_roi_consistency.pt"
+PRESET=$([ "$DEMO" = 1 ] && echo cpu-demo || echo nih)
+RESUME=()
+[ -f "$CKPT" ] && RESUME=(--resume)  # continue (or no-op when finished) after an interruption
+stage "train (preset $PRESET${RESUME:+, resuming})"
+$RC train --preset "$PRESET" --train-csv "$CSV_DIR/nih_roi_train.csv" --val-csv "$CSV_DIR/nih_roi_val.csv" \
+  --image-root "$DATA_ROOT/images" --save "$CKPT" "${RESUME[@]}" "${TRAIN_ARGS[@]}"
+
+stage "done in $(( SECONDS - start ))s"
+echo "CSVs:       $CSV_DIR"
+echo "checkpoint: $CKPT"

@@ -1,0 +1,208 @@
+"""The `roi-consistency` command: parses arguments and calls one stage function per subcommand.
+
+    roi-consistency --help
+    roi-consistency phantom --out data/phantom
+    roi-consistency unify --data-root data/phantom
+    roi-consistency make-csv --data-root data/phantom --out-dir data/phantom
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from roi_consistency import __version__
+from roi_consistency.config import MODES, PRESETS, TrainConfig, apply_preset
+from roi_consistency.errors import UserError
+
+HELP = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _download(a: argparse.Namespace) -> None:
+    from roi_consistency.nih import download
+    print(download(a.dest, copy=a.copy))  # last line of stdout: the dataset folder, for scripts
+
+
+def _unify(a: argparse.Namespace) -> None:
+    from roi_consistency.nih import unify
+    s = unify(a.data_root, a.out, progress=not a.quiet)
+    print(f"unify: {s.total} images; {s.created} links created, {s.repaired} repaired, "
+          f"{s.unchanged} already in place")
+
+
+def _make_csv(a: argparse.Namespace) -> None:
+    from roi_consistency.nih import format_summary, make_csv
+    summary = make_csv(a.data_root, a.image_root, a.out_dir, a.val_fraction, a.seed, a.skip_missing)
+    print(f"wrote nih_roi_train.csv, nih_roi_val.csv, nih_roi_test.csv to {a.out_dir}")
+    print(format_summary(summary))
+
+
+def _phantom(a: argparse.Namespace) -> None:
+    from roi_consistency.phantom import make_phantom
+    s = make_phantom(a.out, n_images=a.n_images, size=a.size, seed=a.seed, workers=a.workers,
+                     style=a.style, progress=not a.quiet)
+    print(f"phantom: {s['n_images']} images of {a.size}px, {s['n_patients']} patients, "
+          f"{s['n_train_val']} train+val / {s['n_test']} test, {s['n_boxes']} boxes -> {s['out']}")
+
+
+# (field, flags, help); the default shown in --help is the TrainConfig field's default.
+TRAIN_FLAGS = [
+    ("train_csv", ["--train-csv", "--train_csv"], "training CSV (image,labels)"),
+    ("val_csv", ["--val-csv", "--val_csv"], "validation CSV, evaluated after every epoch"),
+    ("image_root", ["--image-root", "--image_root"], "folder holding the images named in the CSVs"),
+    ("img_size", ["--img-size", "--img_size"], "side of the square model input in pixels"),
+    ("backbone", ["--backbone"], "any torchvision classification model name (resnet18 is fast on CPU)"),
+    ("weights", ["--weights"], "local state dict to initialise the backbone (instead of downloading)"),
+    ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
+     "(torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning)"),
+    ("mask_net", ["--mask-net", "--mask_net"], "mask network architecture"),
+    ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),
+    ("passes", ["--passes"], "backbone passes while training: fused = one call on [full; crop; drop], "
+     "separate = three calls; auto = separate for BatchNorm backbones (batch statistics would mix)"),
+    ("mode", ["--mode"], "full, or an ablation/control: standard (no mask), random_mask, no_consist, "
+     "no_drop, no_sparse, no_tv"),
+    ("alpha", ["--alpha"], "weight of |p_full - p_crop|"),
+    ("beta", ["--beta"], "weight of relu(p_drop - p_full)"),
+    ("gamma", ["--gamma"], "weight of mean(soft mask)"),
+    ("delta", ["--delta"], "weight of the soft mask's total variation"),
+    ("epochs", ["--epochs"], "number of epochs"),
+    ("batch_size", ["--batch-size", "--batch_size"], "images per micro-batch per process"),
+    ("accum_steps", ["--accum-steps", "--accum_steps"], "micro-batches per optimizer step"),
+    ("lr", ["--lr"], "AdamW peak learning rate (linear warm-up, then cosine decay)"),
+    ("weight_decay", ["--weight-decay", "--weight_decay"], "AdamW weight decay"),
+    ("warmup_frac", ["--warmup-frac"], "share of all optimizer steps spent warming up"),
+    ("seed", ["--seed"], "seed for weights, data order and augmentation"),
+    ("max_steps", ["--max-steps"], "stop (with a checkpoint) after this many optimizer steps"),
+    ("device", ["--device"], "auto picks CUDA when available"),
+    ("workers", ["--workers"], "DataLoader worker processes"),
+    ("save", ["--save"], "checkpoint path; the best by val mean AUROC goes beside it as *.best.pt"),
+    ("save_every", ["--save-every"], "also save every N optimizer steps (0: only after each epoch)"),
+    ("log_csv", ["--log-csv"], "per-epoch metrics CSV (default: beside --save, *.log.csv)"),
+    ("log_every", ["--log-every"], "optimizer steps between loss logs (host syncs)"),
+    ("tensorboard", ["--tensorboard"], "write TensorBoard scalars to this folder (needs tensorboard)"),
+]
+CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
+           "mask_net": ("tiny",)}
+
+
+def _add_train_args(t: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    for name, flags, text in TRAIN_FLAGS:
+        default = getattr(defaults, name)
+        kind = type(default) if default is not None else (int if name == "max_steps" else str)
+        t.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
+                       help=f"{text} (default: {default})")
+    t.add_argument("--preset", choices=list(PRESETS), default=argparse.SUPPRESS,
+                   help="a named group of defaults; explicit flags still win. seed: the reference "
+                        "pipeline; cpu-demo: a few minutes on CPU (phantom data); nih: real data on GPUs")
+    t.add_argument("--pretrained", dest="pretrained", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help="load torchvision's ImageNet weights (default: on)")
+    t.add_argument("--augment", dest="augment", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help="mild random-resized crop + rotation, no flip (default: on)")
+    t.add_argument("--bf16", dest="bf16", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="bf16 autocast (default: on for CUDA, off for CPU)")
+    t.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help="channels-last memory format (default: on for CUDA)")
+    t.add_argument("--resume", nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH",
+                   help="continue from --save (or PATH): same epoch, step, optimizer, schedule and RNG")
+
+
+def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
+    given = {k: v for k, v in vars(a).items() if k not in ("func", "command")}
+    cfg = apply_preset(TrainConfig(), given.pop("preset", None))
+    cfg = dataclasses.replace(cfg, **given)
+    if cfg.resume is True:
+        cfg.resume = cfg.save
+    if cfg.weights:
+        cfg.pretrained = True  # --weights replaces the download, not the intent
+    return cfg
+
+
+def _train(a: argparse.Namespace) -> None:
+    from roi_consistency.train import fit
+    fit(train_config_from_args(a))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="roi-consistency",
+        description="Train a chest X-ray classifier on NIH ChestX-ray14 with a learned region-of-interest "
+                    "mask, and measure whether the model relies on the region it highlights.",
+        epilog="Run `roi-consistency COMMAND --help` for the flags of each command.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("download", formatter_class=HELP, help="fetch NIH ChestX-ray14 from Kaggle",
+                       description="Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with "
+                                   "kagglehub. The cache folder follows $KAGGLEHUB_CACHE. Prints the "
+                                   "dataset folder on the last line of stdout.")
+    d.add_argument("--dest", help="also make the dataset available at this path (a symlink to the "
+                                  "kagglehub cache, or a copy with --copy)")
+    d.add_argument("--copy", action="store_true", help="with --dest: copy the files instead of linking")
+    d.set_defaults(func=_download)
+
+    u = sub.add_parser("unify", formatter_class=HELP, help="flatten images_*/images/*.png into one folder",
+                       description="Symlink every DATA_ROOT/images_*/images/*.png into one flat folder. "
+                                   "Safe to run again: existing links are kept, broken ones repaired.")
+    u.add_argument("--data-root", "--data_root", required=True,
+                   help="the NIH folder holding images_001/ … and Data_Entry_2017.csv")
+    u.add_argument("--out", help="flat image folder to create (default: DATA_ROOT/images)")
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(func=_unify)
+
+    m = sub.add_parser("make-csv", formatter_class=HELP, help="write the train/val/test CSVs",
+                       description="Build nih_roi_{train,val,test}.csv (columns image,labels) from "
+                                   "Data_Entry_2017.csv and the official test_list.txt / "
+                                   "train_val_list.txt. Validation patients are drawn from train_val "
+                                   "by patient, so no patient is in two splits.")
+    m.add_argument("--data-root", "--data_root", required=True,
+                   help="folder with Data_Entry_2017.csv, train_val_list.txt and test_list.txt")
+    m.add_argument("--image-root", "--image_root",
+                   help="flat image folder used to check that every image exists (default: DATA_ROOT/images)")
+    m.add_argument("--out-dir", "--out_dir", default=".", help="where to write the three CSVs")
+    m.add_argument("--val-fraction", "--val_fraction", type=float, default=0.1,
+                   help="share of train_val patients held out for validation")
+    m.add_argument("--seed", type=int, default=0, help="seed of the patient-wise validation split")
+    m.add_argument("--skip-missing", action="store_true",
+                   help="leave out rows whose image is missing (with a warning) instead of failing")
+    m.set_defaults(func=_make_csv)
+
+    ph = sub.add_parser("phantom", formatter_class=HELP, help="generate the built-in phantom dataset",
+                        description="Write a synthetic chest-film dataset in the exact Kaggle NIH layout "
+                                    "(shards, Data_Entry_2017.csv, BBox_List_2017.csv, split lists), "
+                                    "with a ground-truth box for every finding on a test image.")
+    ph.add_argument("--out", required=True, help="folder to write (becomes a --data-root)")
+    ph.add_argument("--n-images", "--n_images", type=int, default=2000, help="number of images")
+    ph.add_argument("--size", type=int, default=256, help="image side in pixels (1024 = NIH size)")
+    ph.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
+    ph.add_argument("--style", choices=("default", "alt"), default="default",
+                    help="lesion appearance family; 'alt' is a second phantom with other lesion shapes")
+    ph.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    ph.add_argument("--quiet", action="store_true", help="no progress bar")
+    ph.set_defaults(func=_phantom)
+
+    t = sub.add_parser("train", help="train the classifier and its ROI mask",
+                       description="Train a torchvision backbone with the ROI-consistency losses on "
+                                   "image,labels CSVs. Under torchrun it trains with DDP on every rank.",
+                       epilog="example: roi-consistency train --preset cpu-demo --train-csv "
+                              "runs/demo/csv/nih_roi_train.csv --val-csv runs/demo/csv/nih_roi_val.csv "
+                              "--image-root runs/demo/phantom/images")
+    _add_train_args(t)
+    t.set_defaults(func=_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"roi-consistency {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"roi-consistency {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`image,labels` CSVs -> tensors: one-channel images in [0, 1] resized to img_size, multi-hot labels.
+
+Augmentation is mild (a small random-resized crop and a rotation of a few degrees) and has no
+horizontal flip: laterality matters in chest films. Its random parameters come from a seed that the
+sampler hands over with each index (see `SeededSampler`), not from a global RNG, so a batch is the
+same whatever worker builds it, and a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from roi_consistency.errors import UserError
+from roi_consistency.labels import LabelError, parse_labels
+
+MIX = 0x9E3779B1  # spreads (seed, epoch, index) into well-separated generator seeds
+
+
+def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray | None]:
+    """Image names and a float32 multi-hot matrix (None when the CSV has no labels column)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: CSV not found (make one with `roi-consistency make-csv`)")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "image" not in reader.fieldnames:
+            raise UserError(f"{path}: expected a header with columns image,labels; got {reader.fieldnames}")
+        has_labels = "labels" in reader.fieldnames
+        names, rows = [], []
+        index = {c: i for i, c in enumerate(classes)}
+        for line_no, row in enumerate(reader, start=2):
+            names.append(row["image"].strip())
+            if has_labels:
+                vec = np.zeros(len(classes), np.float32)
+                try:
+                    for f in parse_labels(row["labels"] or ""):
+                        if f in index:
+                            vec[index[f]] = 1.0
+                except LabelError as exc:
+                    raise UserError(f"{path} line {line_no}: {exc}") from None
+                rows.append(vec)
+    if not names:
+        raise UserError(f"{path}: no rows")
+    return names, (np.stack(rows) if has_labels else None)
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """Decode one image to a uint8 [1, size, size] tensor. RGBA/RGB files become one channel."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
+            return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0)
+    except FileNotFoundError:
+        raise UserError(f"image {path} not found (check --image-root)") from None
+    except OSError as exc:
+        raise UserError(f"image {path} could not be decoded ({exc})") from None
+
+
+def augment(img: torch.Tensor, seed: int) -> torch.Tensor:
+    """Random-resized crop (scale 0.85-1, aspect 0.9-1.1) and rotation of up to 5 degrees."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(5, generator=g).tolist()
+    _, h, w = img.shape
+    scale, ratio = 0.85 + 0.15 * u[0], math.exp(math.log(0.9) + (math.log(1.1) - math.log(0.9)) * u[1])
+    ch, cw = min(h, round(h * math.sqrt(scale / ratio))), min(w, round(w * math.sqrt(scale * ratio)))
+    top, left = int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1))
+    img = TF.resized_crop(img, top, left, ch, cw, [h, w], antialias=True)
+    return TF.rotate(img, angle=(u[4] * 2 - 1) * 5.0, interpolation=TF.InterpolationMode.BILINEAR)
+
+
+class ImageCSVDataset(Dataset):
+    """Items are (image float [1,S,S] in [0,1], label vector, row index). Indices may be plain ints
+    or (index, seed) pairs from SeededSampler; a seed switches augmentation on."""
+
+    def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
+                 augment: bool = False):
+        self.names, labels = read_label_csv(csv_path, classes)
+        self.labels = labels if labels is not None else np.zeros((len(self.names), len(classes)), np.float32)
+        self.has_labels = labels is not None
+        self.root, self.size, self.augment = Path(image_root), img_size, augment
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, item):
+        i, seed = item if isinstance(item, tuple) else (item, None)
+        img = load_image(self.root / self.names[i], self.size)
+        if self.augment and seed is not None:
+            img = augment(img, seed)
+        return img.float().div_(255.0), torch.from_numpy(self.labels[i]), i
+
+
+class SeededSampler(Sampler):
+    """A DistributedSampler (one replica when not distributed) that yields (index, seed) pairs and
+    can start part-way through an epoch, so a resumed run skips what it already trained on."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        self.inner = DistributedSampler(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                        seed=seed, drop_last=False)
+        self.seed, self.epoch, self.start = seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        for pos, i in enumerate(self.inner):
+            if pos >= self.start:
+                yield i, (self.seed * 1_000_003 + self.epoch * MIX + i) % (2**63)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.start)

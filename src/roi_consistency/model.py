@@ -1,0 +1,177 @@
+"""The ROI-consistency model: a torchvision backbone plus a small mask network.
+
+Input is a batch of one-channel images in [0, 1]. The model repeats them to three channels and
+normalises with the ImageNet mean/std, so a removed pixel (value 0 after normalisation) is filled
+with the ImageNet mean intensity, for `crop = x * m` and `drop = x * (1 - m)` alike.
+
+The binary mask keeps exactly k = round(keep_ratio * H * W) pixels per image: we rank the mask
+logits and scatter ones at the top-k indices. A threshold at the k-th value would keep every tied
+pixel, and a saturated sigmoid ties many. A straight-through estimator (`hard + (soft - soft.detach())`)
+lets the consistency and drop losses reach the mask network.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roi_consistency.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def topk_mask(logits: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """Binary mask [B,1,H,W] with exactly round(keep_ratio*H*W) ones per image (at least one)."""
+    b, _, h, w = logits.shape
+    k = max(1, round(keep_ratio * h * w))
+    idx = logits.reshape(b, -1).float().topk(k, dim=1).indices
+    hard = torch.zeros(b, h * w, device=logits.device, dtype=torch.float32)
+    return hard.scatter_(1, idx, 1.0).reshape(b, 1, h, w)
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Forward value exactly `hard` (soft - soft.detach() is exactly zero), gradient of `soft`."""
+    return hard + (soft - soft.detach())
+
+
+def random_mask_logits(shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Smooth random logits: noise at 1/8 resolution, upsampled, so a random top-k mask is a few
+    blobs of the same area as a learned region rather than scattered single pixels."""
+    b, _, h, w = shape
+    low = torch.rand(b, 1, max(1, h // 8), max(1, w // 8), generator=generator, device=device)
+    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+
+
+class MaskNet(nn.Module):
+    """The reference mask network: 3->16->32->1 3x3 convs with ReLU; returns logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 1, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+MASK_NETS = {"tiny": MaskNet}
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the last nn.Linear (every torchvision classifier ends in one) for num_classes outputs."""
+    name, last = None, None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name, last = n, m
+    if last is None:
+        raise UserError("this backbone has no final nn.Linear classifier to replace")
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(last.in_features, num_classes))
+
+
+def build_backbone(name: str, num_classes: int, pretrained: bool = False, weights: str | None = None,
+                   drop_path: float = 0.0) -> nn.Module:
+    """Any torchvision classification model by name, with a num_classes head."""
+    import torchvision
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UserError(f"--backbone {name}: not a torchvision classification model; e.g. resnet18, "
+                        "resnet50, densenet121, convnext_tiny, convnext_base, efficientnet_b0")
+    kwargs = {}
+    if drop_path and name.startswith(("convnext", "swin", "efficientnet", "maxvit")):
+        kwargs["stochastic_depth_prob"] = drop_path
+    elif name.startswith(("convnext", "swin")):
+        kwargs["stochastic_depth_prob"] = 0.0  # override torchvision's heavy built-in default
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if pretrained and not weights:
+        w = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            model.load_state_dict(w.get_state_dict(progress=True, check_hash=True))
+        except Exception as exc:  # URLError, HTTPError, hash mismatch: all mean "no weights"
+            raise UserError(f"could not fetch the ImageNet weights {w} for {name} ({exc}). "
+                            "Pass --weights PATH to a local state dict, or --no-pretrained to start "
+                            "from scratch.") from None
+    _replace_head(model, num_classes)
+    if weights:
+        load_matching(model, weights)
+    return model
+
+
+def load_matching(model: nn.Module, path: str) -> None:
+    """Load a local state dict, keeping only tensors whose name and shape match (a 1000-class
+    ImageNet head is skipped). Refuse files that match almost nothing: wrong architecture."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"--weights {path}: file not found") from None
+    except Exception as exc:
+        raise UserError(f"--weights {path}: not a loadable state dict ({exc})") from None
+    if isinstance(sd, dict) and "backbone" in sd:  # one of our own checkpoints
+        sd = sd["backbone"]
+    own = model.state_dict()
+    keep = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if len(keep) < 0.9 * (len(own) - 2):
+        raise UserError(f"--weights {path}: only {len(keep)} of {len(own)} tensors match this backbone; "
+                        "is it a state dict for the same --backbone?")
+    model.load_state_dict(keep, strict=False)
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+class ROIModel(nn.Module):
+    """Backbone + mask network. forward() returns the three logits and the masks."""
+
+    def __init__(self, backbone: nn.Module, mask_net: nn.Module, keep_ratio: float = 0.1,
+                 mode: str = "full", passes: str = "auto"):
+        super().__init__()
+        self.backbone, self.mask_net = backbone, mask_net
+        self.keep_ratio, self.mode, self.passes = keep_ratio, mode, passes
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # BatchNorm in training mode would pool statistics over [full; crop; drop].
+        self.fused_in_training = passes == "fused" or (passes == "auto" and not has_batchnorm(backbone))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None):
+        """(mask logits or None, soft mask or None, binary mask with straight-through gradient)."""
+        r = self.keep_ratio if keep_ratio is None else keep_ratio
+        if self.mode == "random_mask":
+            logits = random_mask_logits(xn.shape, xn.device)
+            return None, None, topk_mask(logits, r)
+        logits = self.mask_net(xn).float()
+        soft = torch.sigmoid(logits)
+        return logits, soft, straight_through(topk_mask(logits.detach(), r), soft)
+
+    def forward(self, x: torch.Tensor, keep_ratio: float | None = None) -> dict[str, torch.Tensor]:
+        xn = self.normalize(x)
+        if self.mode == "standard" and self.training:  # plain classifier: no mask work at all
+            return {"full": self.backbone(xn)}
+        mask_logits, soft, m = self.masks(xn, keep_ratio)
+        m = m.to(xn.dtype)
+        crop, drop = xn * m, xn * (1 - m)
+        if self.fused_in_training or not self.training:
+            full_l, crop_l, drop_l = self.backbone(torch.cat([xn, crop, drop])).chunk(3)
+        else:
+            full_l, crop_l, drop_l = self.backbone(xn), self.backbone(crop), self.backbone(drop)
+        return {"full": full_l, "crop": crop_l, "drop": drop_l, "mask": m, "soft": soft,
+                "mask_logits": mask_logits}
+
+
+def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
+    """Build from a TrainConfig dict. load_pretrained=False when a checkpoint will overwrite weights."""
+    if cfg["mask_net"] not in MASK_NETS:
+        raise UserError(f"--mask-net {cfg['mask_net']}: choose from {', '.join(MASK_NETS)}")
+    backbone = build_backbone(cfg["backbone"], len(cfg["classes"]),
+                              pretrained=cfg["pretrained"] and load_pretrained,
+                              weights=cfg["weights"] if load_pretrained else None,
+                              drop_path=cfg["drop_path"])
+    return ROIModel(backbone, MASK_NETS[cfg["mask_net"]](), cfg["keep_ratio"], cfg["mode"], cfg["passes"])

@@ -1,0 +1,360 @@
+"""Training: `fit(cfg)` runs epochs of `train_one_epoch` and `evaluate`, saves and resumes checkpoints,
+and runs the same code on CPU, one GPU, or many GPUs under torchrun (DDP).
+
+    roi-consistency train --train-csv nih_roi_train.csv --val-csv nih_roi_val.csv --image-root images
+    torchrun --nproc_per_node=8 -m roi_consistency train …
+
+Resuming is exact: the sampler can start part-way through an epoch, augmentation is seeded per
+sample, and checkpoints are only taken at optimizer-step boundaries together with the RNG state
+at that boundary. So an interrupted-then-resumed CPU run ends with the same weights as a straight one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from roi_consistency.checkpoint import best_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from roi_consistency.config import TrainConfig
+from roi_consistency.data import ImageCSVDataset, SeededSampler
+from roi_consistency.errors import UserError
+from roi_consistency.losses import TERMS, roi_loss
+from roi_consistency.metrics import mean_auroc, per_class_auroc
+from roi_consistency.model import ROIModel, build_model
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Read torchrun's environment; start the process group when there is more than one rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Runtime(dev, rank, world, local_rank)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to the base lr, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl+C reaches every process in the group; loader workers ignore it so the main process can
+    # finish the step it is on and write a checkpoint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(ds, sampler, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    kw = dict(num_workers=workers, pin_memory=device.type == "cuda",
+              generator=torch.Generator())  # own generator: never consume the global RNG
+    if workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=6, worker_init_fn=_ignore_sigint)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, **kw)
+
+
+class StopFlag:
+    """First Ctrl+C asks the loop to stop at the next step boundary and save; a second one aborts."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if sys.platform != "win32" and threading_main():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        print("\nstopping: saving a checkpoint at the next step (Ctrl+C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+class Trainer:
+    """Holds what the loop mutates (model, optimizer, schedule, position) and builds checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, resuming: bool = False):
+        self.cfg, self.rt = cfg, rt
+        self.amp = cfg.bf16 if cfg.bf16 is not None else rt.device.type == "cuda"
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else rt.device.type == "cuda"
+        self.weights = cfg.loss_weights()
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        # On resume the checkpoint overwrites every weight: no need to fetch pretrained ones.
+        self.model: ROIModel = build_model(cfg.to_dict(), load_pretrained=not resuming).to(rt.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        mask_learns = cfg.mode not in ("standard", "random_mask") and any(
+            self.weights[k] > 0 for k in ("alpha", "beta", "gamma", "delta"))
+        self.model.mask_net.requires_grad_(mask_learns)  # DDP must not wait for unused parameters
+        torch.manual_seed(cfg.seed + rt.rank)  # but independent drop-path/random-mask noise per rank
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.epoch, self.batch_in_epoch, self.step, self.best = 0, 0, 0, None
+        self.history: list[dict] = []
+        self.boundary_rng = rng_state()
+
+    def attach_schedule(self, steps_per_epoch: int) -> None:
+        total = max(1, steps_per_epoch * self.cfg.epochs)
+        warmup = max(1, round(self.cfg.warmup_frac * total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total, warmup))
+
+    def state(self) -> dict:
+        m = self.model
+        return {"backbone": m.backbone.state_dict(), "mask_net": m.mask_net.state_dict(),
+                "classes": list(self.cfg.classes), "config": self.cfg.to_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+                "best_metric": self.best, "rng": self.boundary_rng, "history": self.history}
+
+    def load(self, ckpt: dict) -> None:
+        self.model.backbone.load_state_dict(ckpt["backbone"])
+        self.model.mask_net.load_state_dict(ckpt["mask_net"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        self.best, self.history = ckpt["best_metric"], list(ckpt["history"])
+        self.boundary_rng = ckpt["rng"]
+        set_rng_state(ckpt["rng"])
+
+    def save(self, path) -> None:
+        if self.rt.main:
+            save_checkpoint(self.state(), path)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.rt.device, non_blocking=True)
+        return x.to(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        return torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+
+def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: StopFlag) -> bool:
+    """One epoch (or the rest of one). Returns False when stopped early (Ctrl+C or --max-steps)."""
+    cfg, accum = tr.cfg, tr.cfg.accum_steps
+    ddp_model.train()
+    sums = torch.zeros(len(TERMS) + 1, device=tr.rt.device)  # terms + total, summed between logs
+    n_sum, seen, t0 = 0, 0, time.perf_counter()
+    bar = tqdm(total=micro_total, initial=tr.batch_in_epoch, desc=f"epoch {tr.epoch + 1}/{cfg.epochs}",
+               unit="batch", disable=not tr.rt.main, dynamic_ncols=True, leave=True)
+    b = tr.batch_in_epoch
+    it = iter(loader)
+    while b < micro_total:
+        if stop.set:
+            return False
+        try:
+            x, y, _ = next(it)
+        except (RuntimeError, StopIteration):
+            if stop.set:
+                return False
+            raise
+        window_start = b - b % accum
+        window = min(accum, micro_total - window_start)  # a short last window averages fewer batches
+        last = b - window_start + 1 == window
+        sync = contextlib.nullcontext() if (last or not tr.rt.ddp) else ddp_model.no_sync()
+        with sync:
+            with tr.autocast():
+                out = ddp_model(tr.to_device(x))
+                loss, terms = roi_loss(out, y.to(tr.rt.device, non_blocking=True), tr.weights)
+            (loss / window).backward()
+        sums += torch.stack([terms[k] for k in TERMS] + [loss.detach().float()])
+        n_sum += 1
+        seen += x.shape[0] * tr.rt.world
+        b += 1
+        bar.update(1)
+        if not last:
+            continue
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        tr.scheduler.step()
+        tr.step += 1
+        tr.batch_in_epoch = b
+        tr.boundary_rng = rng_state()
+        if tr.step % cfg.log_every == 0 or b == micro_total:
+            vals = (sums / max(n_sum, 1)).tolist()  # the only host sync, once per log interval
+            tr.last_train = dict(zip(TERMS + ("loss",), vals))
+            ips = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{vals[-1]:.4f}", bce=f"{vals[0]:.4f}", img_s=f"{ips:.1f}",
+                            lr=f"{tr.scheduler.get_last_lr()[0]:.2e}")
+            tr.images_per_s = ips
+            sums.zero_()
+            n_sum = 0
+        if cfg.save_every and tr.step % cfg.save_every == 0:
+            tr.save(cfg.save)
+        if cfg.max_steps and tr.step >= cfg.max_steps:
+            bar.close()
+            return False
+    bar.close()
+    return True
+
+
+@torch.no_grad()
+def evaluate(model: ROIModel, loader, tr: Trainer) -> dict:
+    """Validation loss, per-class and mean AUROC (full image), and the mask's kept fraction."""
+    model.eval()
+    probs, labels, idx, loss_sum, kept_sum, n = [], [], [], 0.0, 0.0, 0
+    for x, y, i in tqdm(loader, desc="validate", unit="batch", disable=not tr.rt.main, leave=False):
+        with tr.autocast():
+            out = model(tr.to_device(x))
+            loss, _ = roi_loss(out, y.to(tr.rt.device), tr.weights)
+        probs.append(torch.sigmoid(out["full"].float()).cpu())
+        labels.append(y)
+        idx.append(i)
+        loss_sum += float(loss) * len(y)
+        kept_sum += float(out["mask"].float().mean()) * len(y)
+        n += len(y)
+    local = (torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(idx).numpy(), loss_sum, kept_sum, n)
+    parts = [local]
+    if tr.rt.ddp:
+        parts = [None] * tr.rt.world
+        dist.all_gather_object(parts, local)
+    p = np.concatenate([q[0] for q in parts])
+    y = np.concatenate([q[1] for q in parts])
+    order = np.concatenate([q[2] for q in parts])
+    _, first = np.unique(order, return_index=True)  # the distributed sampler pads with repeats
+    per_class = per_class_auroc(y[first], p[first], tr.cfg.classes)
+    total_n = sum(q[5] for q in parts)
+    return {"val_loss": sum(q[3] for q in parts) / total_n, "val_mean_auroc": mean_auroc(per_class),
+            "kept_fraction": sum(q[4] for q in parts) / total_n, "auroc": per_class,
+            "n_val": int(len(first))}
+
+
+def append_log(path: str, row: dict, classes: list[str]) -> None:
+    cols = (["epoch", "step", "lr", "seconds", "images_per_s"] + [f"train_{k}" for k in TERMS + ("loss",)]
+            + ["val_loss", "val_mean_auroc", "kept_fraction"] + [f"auroc_{c}" for c in classes])
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def fit(cfg: TrainConfig) -> dict:
+    """Train according to cfg; returns the last epoch's metrics and the checkpoint paths."""
+    rt = setup_runtime(cfg.device)
+    resume_ckpt = None
+    if cfg.resume:
+        resume_ckpt = load_checkpoint(cfg.resume)
+        # The resumed run continues the saved config; only run-length settings may change.
+        keep = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "resume", "save", "save_every",
+                                              "workers", "device", "log_csv", "tensorboard")}
+        cfg = TrainConfig.from_dict({**resume_ckpt["config"], **keep})
+    train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, augment=cfg.augment)
+    val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes) if cfg.val_csv else None
+    if rt.main:
+        print(f"train: {len(train_ds)} images ({cfg.train_csv}); val: {len(val_ds) if val_ds else 0} images; "
+              f"{cfg.backbone} at {cfg.img_size}px, mode {cfg.mode}, device {rt.device}, {rt.world} process(es)")
+    tr = Trainer(cfg, rt, resuming=resume_ckpt is not None)
+    sampler = SeededSampler(len(train_ds), rt.world, rt.rank, shuffle=True, seed=cfg.seed)
+    micro_total = math.ceil(len(sampler.inner) / cfg.batch_size)
+    tr.attach_schedule(math.ceil(micro_total / cfg.accum_steps))
+    if resume_ckpt is not None:
+        tr.load(resume_ckpt)
+        if rt.main:
+            print(f"resumed from {cfg.resume}: epoch {tr.epoch + 1}, batch {tr.batch_in_epoch}, step {tr.step}")
+    ddp_model = DDP(tr.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) \
+        if rt.ddp else tr.model
+    val_loader = make_loader(val_ds, SeededSampler(len(val_ds), rt.world, rt.rank, shuffle=False),
+                             cfg.batch_size * 2, cfg.workers, rt.device) if val_ds else None
+    log_csv = cfg.log_csv or os.path.splitext(cfg.save)[0] + ".log.csv"
+    tb = None
+    if cfg.tensorboard and rt.main:
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(cfg.tensorboard)
+    train_loader = make_loader(train_ds, sampler, cfg.batch_size, cfg.workers, rt.device)
+    metrics: dict = {}
+    tr.last_train, tr.images_per_s = {}, 0.0
+    with StopFlag() as stop:
+        while tr.epoch < cfg.epochs:
+            t_epoch = time.perf_counter()
+            sampler.set_epoch(tr.epoch, start=tr.batch_in_epoch * cfg.batch_size)
+            finished = train_one_epoch(tr, ddp_model, train_loader, micro_total, stop)
+            if not finished:
+                tr.save(cfg.save)
+                if rt.main:
+                    print(f"stopped at epoch {tr.epoch + 1}, step {tr.step}; checkpoint {cfg.save} "
+                          "(continue with --resume)")
+                break
+            metrics = evaluate(tr.model, val_loader, tr) if val_loader else {}
+            tr.epoch, tr.batch_in_epoch = tr.epoch + 1, 0
+            row = {"epoch": tr.epoch, "step": tr.step, "lr": tr.scheduler.get_last_lr()[0],
+                   "seconds": round(time.perf_counter() - t_epoch, 2), "images_per_s": round(tr.images_per_s, 2),
+                   **{f"train_{k}": v for k, v in tr.last_train.items()},
+                   **{k: v for k, v in metrics.items() if k != "auroc"},
+                   **{f"auroc_{c}": v for c, v in metrics.get("auroc", {}).items()}}
+            tr.history.append({k: v for k, v in row.items() if v is not None})
+            improved = metrics.get("val_mean_auroc") is not None and (
+                tr.best is None or metrics["val_mean_auroc"] > tr.best)
+            if improved:
+                tr.best = metrics["val_mean_auroc"]
+            tr.boundary_rng = rng_state()
+            tr.save(cfg.save)
+            if improved:
+                tr.save(best_path(cfg.save))
+            if rt.main:
+                append_log(log_csv, row, cfg.classes)
+                if tb:
+                    for k, v in row.items():
+                        if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                            tb.add_scalar(k, v, tr.step)
+                auc = metrics.get("val_mean_auroc")
+                print(f"epoch {tr.epoch}: train loss {tr.last_train.get('loss', float('nan')):.4f}, "
+                      f"val loss {metrics.get('val_loss', float('nan')):.4f}, val mean AUROC "
+                      f"{'n/a' if auc is None else f'{auc:.4f}'}, kept {metrics.get('kept_fraction', 0):.4f}")
+    if tb:
+        tb.close()
+    if rt.main:
+        print(f"checkpoint: {cfg.save}")
+    return {"metrics": metrics, "checkpoint": cfg.save, "best": str(best_path(cfg.save)),
+            "epoch": tr.epoch, "step": tr.step, "model": tr.model}

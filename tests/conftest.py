@@ -1,0 +1,17 @@
+"""Shared fixtures: a small phantom dataset, made once per test session (never ../shared)."""
+import pytest
+
+from roi_consistency import nih
+from roi_consistency.phantom import make_phantom
+
+
+@pytest.fixture(scope="session")
+def phantom64(tmp_path_factory):
+    """480 phantom images at 64 px, unified, with split CSVs. Returns a dict of paths."""
+    root = tmp_path_factory.mktemp("phantom64")
+    data = root / "nih"
+    make_phantom(data, n_images=480, size=64, seed=0, workers=2, progress=False)
+    nih.unify(str(data), progress=False)
+    nih.make_csv(str(data), out_dir=str(root / "csv"), val_fraction=0.2, seed=0)
+    return {"root": root, "data": data, "images": data / "images",
+            **{s: root / "csv" / f"nih_roi_{s}.csv" for s in nih.SPLITS}}

@@ -1,0 +1,106 @@
+import pytest
+import torch
+from torch import nn
+
+from roi_consistency.errors import UserError
+from roi_consistency.losses import roi_loss
+from roi_consistency.model import MaskNet, ROIModel, build_backbone, straight_through, topk_mask
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.05, 0.5])
+def test_topk_keeps_exactly_k_even_with_ties(keep):
+    h = w = 20
+    k = round(keep * h * w)
+    logits = torch.randn(4, 1, h, w)
+    logits[1] = 7.0  # all tied: a saturated mask
+    logits[2, :, :10] = 50.0  # half tied at the top
+    logits[3] = torch.randint(0, 3, (1, h, w)).float()  # three-level ties
+    m = topk_mask(logits, keep)
+    assert m.shape == logits.shape
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    assert m.sum(dim=(1, 2, 3)).tolist() == [k] * 4
+    # the kept pixels of image 0 are its k largest logits
+    assert logits[0][m[0].bool()].min() >= logits[0][~m[0].bool()].max()
+
+
+def test_straight_through_value_is_hard_and_gradient_reaches_soft():
+    soft = torch.rand(1, 1, 4, 4, requires_grad=True)
+    hard = topk_mask(soft.detach(), 0.25)
+    m = straight_through(hard, soft)
+    assert torch.equal(m.detach(), hard)
+    (m * torch.arange(16.0).view(1, 1, 4, 4)).sum().backward()
+    assert torch.equal(soft.grad, torch.arange(16.0).view(1, 1, 4, 4))
+
+
+class Brightness(nn.Module):
+    """A transparent backbone: logits fall as mean intensity rises, so removing bright pixels raises
+    p_drop above p_full and the drop term is active."""
+
+    def __init__(self, n=3):
+        super().__init__()
+        self.fc = nn.Linear(3, n)
+        nn.init.constant_(self.fc.weight, -2.0)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("term", ["alpha", "beta"])
+def test_consistency_and_drop_terms_reach_the_mask_network(term):
+    torch.manual_seed(0)
+    model = ROIModel(Brightness(), MaskNet(), keep_ratio=0.2, passes="fused").train()
+    x = torch.rand(2, 1, 16, 16) * 0.5 + 0.5
+    weights = {"alpha": 0.0, "beta": 0.0, "gamma": 0.0, "delta": 0.0, term: 1.0}
+    out = model(x)
+    loss, terms = roi_loss(out, torch.zeros(2, 3), weights)
+    assert terms["consist" if term == "alpha" else "drop"] > 0
+    (loss - terms["bce"]).backward()  # only the chosen term
+    grads = [p.grad for p in model.mask_net.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_fused_and_separate_passes_agree_for_layernorm_backbone():
+    torch.manual_seed(0)
+    backbone = build_backbone("convnext_tiny", 14, pretrained=False, drop_path=0.0)
+    mask = MaskNet()
+    fused = ROIModel(backbone, mask, passes="fused").train()
+    separate = ROIModel(backbone, mask, passes="separate").train()
+    assert fused.fused_in_training and not separate.fused_in_training
+    x = torch.rand(2, 1, 32, 32)
+    a, b = fused(x), separate(x)
+    for k in ("full", "crop", "drop"):
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_batchnorm_backbone_trains_with_separate_passes_by_default():
+    model = ROIModel(build_backbone("resnet18", 14), MaskNet())
+    assert not model.fused_in_training
+
+
+def test_backbone_head_and_errors(tmp_path):
+    m = build_backbone("resnet18", 14)
+    assert m.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 14)
+    with pytest.raises(UserError, match="not a torchvision"):
+        build_backbone("resnet_nonexistent", 14)
+    # local weights: an ImageNet-shaped state dict loads (its 1000-class head is skipped)
+    import torchvision
+    ref = torchvision.models.resnet18()
+    torch.save(ref.state_dict(), tmp_path / "r18.pt")
+    m = build_backbone("resnet18", 14, weights=str(tmp_path / "r18.pt"))
+    torch.testing.assert_close(m.conv1.weight, ref.conv1.weight)
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "other.pt")
+    with pytest.raises(UserError, match="match"):
+        build_backbone("resnet18", 14, weights=str(tmp_path / "other.pt"))
+
+
+def test_pretrained_without_network_fails_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache: the weights must be fetched
+    import torchvision
+
+    def offline(*a, **k):
+        raise OSError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(UserError, match=r"ResNet18_Weights.*--weights.*--no-pretrained"):
+        build_backbone("resnet18", 14, pretrained=True)

@@ -1,0 +1,113 @@
+"""Training on CPU: a short run, exact resume, Ctrl+C, and DDP with two gloo processes."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from roi_consistency import cli
+from roi_consistency.checkpoint import best_path
+from roi_consistency.config import TrainConfig
+from roi_consistency.train import fit, lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(p, tmp_path, **kw):
+    base = dict(train_csv=str(p["train"]), val_csv=str(p["val"]), image_root=str(p["images"]), img_size=48,
+                backbone="resnet18", pretrained=False, batch_size=16, accum_steps=2, epochs=2, lr=1e-3,
+                workers=0, save=str(tmp_path / "ck" / "model.pt"), log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor(s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] < 0.01
+
+
+def test_short_run_writes_loadable_checkpoint_above_chance(phantom64, tmp_path):
+    cfg = small_cfg(phantom64, tmp_path, img_size=64, epochs=3, batch_size=8, accum_steps=1,
+                    val_csv=str(phantom64["test"]))
+    result = fit(cfg)
+    ck = torch.load(cfg.save, map_location="cpu", weights_only=True)
+    assert ck["epoch"] == 3 and ck["classes"][0] == "Atelectasis" and len(ck["classes"]) == 14
+    assert ck["config"]["backbone"] == "resnet18" and isinstance(ck["config"], dict)
+    assert set(ck) >= {"backbone", "mask_net", "optimizer", "scheduler", "step", "rng", "best_metric"}
+    assert result["metrics"]["val_mean_auroc"] > 0.6
+    assert abs(result["metrics"]["kept_fraction"] - round(0.1 * 64 * 64) / (64 * 64)) < 1e-6
+    assert best_path(cfg.save).is_file()
+    with open(os.path.splitext(cfg.save)[0] + ".log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert float(rows[-1]["train_bce"]) > 0 and rows[-1]["auroc_Effusion"]
+
+
+def test_resume_mid_epoch_gives_identical_weights(phantom64, tmp_path):
+    straight = fit(small_cfg(phantom64, tmp_path / "a"))
+    # stop part-way through the first epoch (as Ctrl+C does), then resume to the end
+    first = fit(small_cfg(phantom64, tmp_path / "b", max_steps=3))
+    assert first["epoch"] == 0 and first["step"] == 3
+    resumed = fit(small_cfg(phantom64, tmp_path / "b", resume=str(tmp_path / "b" / "ck" / "model.pt")))
+    assert resumed["step"] == straight["step"]
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_aliases_and_preset(tmp_path):
+    args = cli.build_parser().parse_args(["train", "--preset", "cpu-demo", "--batch_size", "4",
+                                           "--img_size", "32", "--keep_ratio", "0.2", "--no-pretrained"])
+    cfg = cli.train_config_from_args(args)
+    assert (cfg.batch_size, cfg.img_size, cfg.keep_ratio, cfg.backbone) == (4, 32, 0.2, "resnet18")
+    assert cfg.pretrained is False and cfg.preset == "cpu-demo"
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(phantom64, tmp_path):
+    save = tmp_path / "ck.pt"
+    cmd = [sys.executable, "-m", "roi_consistency", "train", "--train-csv", str(phantom64["train"]),
+           "--val-csv", str(phantom64["val"]), "--image-root", str(phantom64["images"]), "--img-size", "48",
+           "--backbone", "resnet18", "--no-pretrained", "--batch-size", "4", "--accum-steps", "1",
+           "--epochs", "50", "--workers", "1", "--save", str(save), "--save-every", "1"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not save.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert save.exists(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "continue with --resume" in out
+    ck = torch.load(save, weights_only=True)
+    assert ck["step"] >= 1 and ck["epoch"] == 0
+    cfg = TrainConfig(resume=str(save), save=str(save), epochs=1, workers=0, max_steps=ck["step"] + 1)
+    assert fit(cfg)["step"] == ck["step"] + 1
+
+
+def test_ddp_two_processes_on_cpu(phantom64, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), str(phantom64["train"]), str(phantom64["val"]),
+           str(phantom64["images"])]
+    run = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    import json
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == 2 and r0["step"] >= 2
+    assert r0["sha"] == r1["sha"]  # every rank ends with the same weights
+    n_val = sum(1 for _ in open(phantom64["val"])) - 1
+    assert r0["n_val"] == n_val  # gathered across ranks, padding removed
+    ck = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert ck["step"] == r0["step"]
