@@ -123,6 +123,43 @@ def _train(a: argparse.Namespace) -> None:
     fit(train_config_from_args(a))
 
 
+def _infer(a: argparse.Namespace) -> None:
+    from roi_consistency.infer import format_table, infer_csv, infer_image
+    if a.image:
+        res = infer_image(a.checkpoint, a.image, a.keep_ratio, a.out, a.save_mask,
+                          a.save_crop, a.vis_dir, a.device)
+        print(format_table(res["predictions"][0]))
+        return
+    if a.save_mask or a.save_crop:
+        raise UserError("--save-mask/--save-crop are for a single --image; use --vis-dir with --csv")
+    a.out = a.out or "preds.json"
+    res = infer_csv(a.checkpoint, a.csv, a.image_root, a.out, a.keep_ratio, a.vis_dir, a.vis_limit,
+                    a.batch_size, a.device, a.workers)
+    print(f"infer: {len(res['predictions'])} images -> {a.out}" + (f", overlays in {a.vis_dir}" if a.vis_dir else ""))
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from roi_consistency.evaluate import evaluate_checkpoint
+    try:
+        ratios = [float(v) for v in a.keep_ratios.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--keep-ratios {a.keep_ratios}: expected numbers separated by commas") from None
+    if not ratios or not all(0 < r < 1 for r in ratios):
+        raise UserError(f"--keep-ratios {a.keep_ratios}: each ratio must be between 0 and 1")
+    m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, ratios, a.batch_size, a.device,
+                            a.examples, a.seed, a.workers)
+    r = str(m["keep_ratio"])
+    f, loc = m["faithfulness"], m["localization"]
+    print(f"evaluate: {m['n_images']} images; mean AUROC full {m['mean_auroc']['full']:.4f}")
+    for k in ("learned", "gradcam", "random"):
+        line = (f"  {k:8s} comprehensiveness@{r} {f[k]['comprehensiveness'][r]:+.4f}  "
+                f"sufficiency@{r} {f[k]['sufficiency'][r]:+.4f}  kept {m['kept_fraction'][k]:.4f}")
+        if loc:
+            line += f"  pointing {loc[k]['pointing_game']:.3f}"
+        print(line)
+    print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="roi-consistency",
@@ -189,6 +226,48 @@ def build_parser() -> argparse.ArgumentParser:
                               "--image-root runs/demo/phantom/images")
     _add_train_args(t)
     t.set_defaults(func=_train)
+
+    i = sub.add_parser("infer", formatter_class=HELP, help="predict full/crop/drop probabilities, write preds.json",
+                       description="Score images with a trained checkpoint: probabilities on the full image, "
+                                   "the crop (mask kept) and the drop (mask removed), and faithfulness = "
+                                   "p_full - p_drop per class. Classes, image size and normalisation come from "
+                                   "the checkpoint.")
+    i.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", help="CSV with an image column (and labels, if known)")
+    src.add_argument("--image", help="one image file; prints a table")
+    i.add_argument("--image-root", "--image_root", default=".", help="folder of the images named in --csv")
+    i.add_argument("--keep-ratio", "--keep_ratio", type=float, default=None,
+                   help="share of pixels the mask keeps (default: the checkpoint's)")
+    i.add_argument("--out", "--save_json", default=None,
+                   help="predictions JSON to write (default: preds.json with --csv; none with --image)")
+    i.add_argument("--vis-dir", "--save_vis_dir", default=None,
+                   help="write <image>_overlay.png, _crop.png and _drop.png here")
+    i.add_argument("--vis-limit", type=int, default=16, help="how many images get overlays")
+    i.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    i.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    i.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    i.add_argument("--save-mask", help="with --image: write the binary mask PNG here")
+    i.add_argument("--save-crop", help="with --image: write the crop (what the model sees) here")
+    i.set_defaults(func=_infer)
+
+    e = sub.add_parser("evaluate", formatter_class=HELP, help="metrics.json and report.html against ground truth",
+                       description="AUROC of full/crop/drop, comprehensiveness and sufficiency over keep ratios, "
+                                   "and localisation against boxes (pointing game, IoBB) for the learned mask, "
+                                   "Grad-CAM and a random mask of the same area, on the same model.")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    e.add_argument("--csv", required=True, help="test CSV (image,labels)")
+    e.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
+    e.add_argument("--bbox", default=None, help="BBox_List_2017.csv for localisation (omit: localization null)")
+    e.add_argument("--out-dir", default="eval", help="where metrics.json and report.html go")
+    e.add_argument("--keep-ratios", default="0.01,0.05,0.1,0.2,0.5",
+                   help="keep ratios for comprehensiveness/sufficiency (the checkpoint's is always added)")
+    e.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    e.add_argument("--examples", type=int, default=8, help="example images in the report")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random-mask control")
+    e.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    e.set_defaults(func=_evaluate)
     return p
 
 

@@ -18,3 +18,39 @@ def per_class_auroc(y_true: np.ndarray, y_score: np.ndarray, classes: list[str])
 def mean_auroc(per_class: dict[str, float | None]) -> float | None:
     vals = [v for v in per_class.values() if v is not None]
     return float(np.mean(vals)) if vals else None
+
+
+def comprehensiveness(p_full: np.ndarray, p_drop: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean of p_full - p_drop over (image, class) pairs where the class is a true finding."""
+    pos = np.asarray(y) > 0.5
+    return float(np.mean(np.asarray(p_full)[pos] - np.asarray(p_drop)[pos])) if pos.any() else None
+
+
+def sufficiency(p_full: np.ndarray, p_crop: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean of p_full - p_crop over the same pairs: small means the kept region suffices."""
+    return comprehensiveness(p_full, p_crop, y)
+
+
+def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """Pixels whose centre lies inside the box (x, y, w, h), in the map's pixel coordinates."""
+    h, w = shape
+    x0, y0, bw, bh = box
+    cx, cy = np.arange(w) + 0.5, np.arange(h) + 0.5
+    return ((cy >= y0) & (cy <= y0 + bh))[:, None] & ((cx >= x0) & (cx <= x0 + bw))[None, :]
+
+
+def pointing_hit(saliency: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+    """Does the box contain the map's maximum? Tied maxima (a saturated map) are replaced by their
+    centroid, so a flat map points at the middle of its plateau, never at the first index."""
+    s = np.asarray(saliency, dtype=np.float64)
+    ys, xs = np.nonzero(s == s.max())
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    x0, y0, bw, bh = box
+    return bool(x0 <= cx <= x0 + bw and y0 <= cy <= y0 + bh)
+
+
+def iobb(region: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    """|region ∩ box| / |region| (Wang et al. 2017), region a binary map."""
+    r = np.asarray(region).astype(bool)
+    n = r.sum()
+    return float((r & box_mask(r.shape, box)).sum() / n) if n else 0.0

@@ -1,0 +1,318 @@
+"""Self-contained HTML report of an evaluation: does the model rely on the region it highlights?
+
+`write_report` turns metrics.json content, ROC curves and a few worked examples into one HTML file
+(inline CSS, figures as base64 PNG data URIs) that opens anywhere, offline, and can be attached or
+archived as is. `screenshot` renders such a file to a PNG with headless Chromium (for the README).
+Figures use `matplotlib.figure.Figure` directly: no pyplot global state, no GUI backend needed.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from roi_consistency.errors import UserError
+
+MAPS = ("learned", "gradcam", "random")
+MAP_STYLE = {"learned": dict(color="tab:blue", marker="o"), "gradcam": dict(color="tab:orange", marker="s"),
+             "random": dict(color="0.45", marker="^", linestyle="--")}
+DPI = 100
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
+color:#222;line-height:1.45;padding:0 16px}
+h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.meta{color:#555}.meta code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
+.howto{background:#f6f8fa;border-left:4px solid #4a7bd0;padding:8px 14px}
+table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ddd;padding:4px 10px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
+.na{color:#aaa}.cards{display:flex;gap:12px;flex-wrap:wrap}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 16px;min-width:120px}
+.card .v{font-size:1.6em;font-weight:600}.card .k{color:#555;font-size:.9em}
+img{max-width:100%;height:auto}figure{margin:12px 0}figcaption{color:#333;font-size:.92em}
+"""
+
+
+def _esc(s) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _mpl(s) -> str:
+    """Text for matplotlib: a '$' in a class or file name must not switch on mathtext."""
+    return str(s).replace("$", r"\$")
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return '<span class="na">n/a</span>'
+    return f"{float(v):.{digits}f}"
+
+
+def _ratio_key(d: dict, r: float) -> str | None:
+    """Key of `d` equal to keep ratio `r` ("0.1" for 0.1), matched numerically so "0.10" also works."""
+    for k in d:
+        try:
+            if math.isclose(float(k), float(r), rel_tol=1e-6):
+                return k
+        except ValueError:
+            continue
+    return None
+
+
+def _png(fig: Figure) -> str:
+    """The figure as a PNG data URI, reduced to a 256-colour palette: ~2.5x smaller, no visible loss here."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.clear()
+    buf.seek(0)
+    with Image.open(buf) as im:
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    small.save(out, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def _img(uri: str, alt: str, caption: str = "") -> str:
+    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return f'<figure><img src="{uri}" alt="{_esc(alt)}">{cap}</figure>'
+
+
+def _roc_figure(roc: dict) -> str:
+    fig = Figure(figsize=(7, 5.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="0.5", label="chance")
+    colors = colormaps["tab20"].colors  # 14 NIH classes: tab10 would repeat colours
+    for i, (cls, c) in enumerate(roc.items()):
+        ax.plot(c["fpr"], c["tpr"], linewidth=1.3, color=colors[(2 * i + i // 10) % 20],
+                linestyle="-" if i < 10 else "--", label=_mpl(f"{cls} (AUC {float(c['auc']):.3f})"))
+    if not roc:
+        ax.text(0.5, 0.5, "no class with a defined AUROC", ha="center", va="center")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+           title="ROC, full image")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _faithfulness_figure(faith: dict, keep_ratio: float) -> str:
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    what = {"comprehensiveness": "p_full − p_drop  (higher = region matters)",
+            "sufficiency": "p_full − p_crop  (lower = region suffices)"}
+    for ax, (metric, ylabel) in zip(axes, what.items()):
+        ticks = set()
+        for name in MAPS:
+            curve = (faith.get(name) or {}).get(metric) or {}
+            pts = sorted((float(k), v) for k, v in curve.items() if v is not None)
+            if pts:
+                ticks.update(x for x, _ in pts)
+                ax.plot(*zip(*pts), label=name, **MAP_STYLE[name])
+        ax.set_xscale("log")
+        if ticks:
+            ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+            ax.minorticks_off()
+        ax.axvline(keep_ratio, color="0.6", linestyle=":", linewidth=1)
+        ax.axhline(0, color="0.8", linewidth=0.8)
+        ax.set(xlabel="keep ratio r (share of pixels in the region)", ylabel=ylabel, title=f"{metric} vs r")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _draw_boxes(ax, boxes) -> None:
+    for box in boxes or []:
+        label, x, y, w, h = box
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
+        ax.text(x, y, _mpl(label), color="black", fontsize=7, va="bottom",
+                bbox=dict(facecolor="lime", edgecolor="none", pad=1, alpha=0.85))
+
+
+def _example_figure(ex: dict) -> str:
+    gray = np.asarray(ex["gray"], dtype=np.float32)
+    h, w = gray.shape[:2]
+    extent = (0, w, h, 0)  # continuous pixel coordinates, so boxes (x, y, w, h) land on their pixels
+    fig = Figure(figsize=(2.6 * (1 + len(MAPS)), 2.8))
+    axes = fig.subplots(1, 1 + len(MAPS))
+    maps = ex.get("maps") or {}
+    for ax, name in zip(axes, ("image",) + MAPS):
+        ax.set_axis_off()
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+        if name == "image":
+            ax.set_title("image + boxes", fontsize=9)
+        elif name not in maps:
+            ax.imshow(np.zeros_like(gray), cmap="gray", vmin=0, vmax=1, alpha=0.6, extent=extent)
+            ax.text(w / 2, h / 2, "not available", color="white", ha="center", va="center", fontsize=9)
+            ax.set_title(name, fontsize=9)
+        else:
+            m = maps[name] or {}
+            if m.get("heat") is not None:
+                ax.imshow(np.asarray(m["heat"], dtype=np.float32), cmap="jet", vmin=0, vmax=1, alpha=0.45,
+                          extent=extent, interpolation="bilinear")
+            title = name
+            mask = m.get("mask")
+            if mask is not None:
+                mask = np.asarray(mask, dtype=bool)
+                title += f" · kept {mask.mean():.0%}"
+                if mask.any() and not mask.all():  # a constant mask has no contour (matplotlib would warn)
+                    mh, mw = mask.shape
+                    xs, ys = (np.arange(mw) + 0.5) * w / mw, (np.arange(mh) + 0.5) * h / mh
+                    ax.contour(xs, ys, mask.astype(np.float32), levels=[0.5], colors="white", linewidths=1.2)
+            ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        _draw_boxes(ax, ex.get("boxes"))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _example_caption(ex: dict) -> str:
+    probs = ex.get("probs") or {}
+    labels = list(ex.get("labels") or [])
+    parts = [f"<b>{_esc(ex.get('image', '?'))}</b> — labels: {_esc(', '.join(labels) or 'No Finding')}"]
+    for lab in labels:
+        ps = " · ".join(f"p_{k} {_fmt((probs.get(k) or {}).get(lab), 2)}" for k in ("full", "crop", "drop"))
+        parts.append(f"{_esc(lab)}: {ps}")
+    return "<br>".join(parts)
+
+
+def _headline(metrics: dict) -> str:
+    r = metrics.get("keep_ratio")
+    mean = metrics.get("mean_auroc") or {}
+    cards = "".join(f'<div class="card"><div class="k">mean AUROC, {k}</div><div class="v">{_fmt(mean.get(k))}</div>'
+                    f"</div>" for k in ("full", "crop", "drop"))
+    faith, loc = metrics.get("faithfulness") or {}, metrics.get("localization") or {}
+    kept = metrics.get("kept_fraction") or {}
+    rows = []
+    for name in MAPS:
+        f = faith.get(name) or {}
+        comp, suff = f.get("comprehensiveness") or {}, f.get("sufficiency") or {}
+        ck, sk = _ratio_key(comp, r), _ratio_key(suff, r)
+        pg = (loc.get(name) or {}).get("pointing_game")
+        rows.append(f"<tr><td>{name}</td><td>{_fmt(comp.get(ck))}</td><td>{_fmt(suff.get(sk))}</td>"
+                    f"<td>{_fmt(pg)}</td><td>{_fmt(kept.get(name))}</td></tr>")
+    return (f'<div class="cards">{cards}</div>'
+            f"<table><tr><th>map</th><th>comprehensiveness@{r:g} ↑</th><th>sufficiency@{r:g} ↓</th>"
+            f"<th>pointing game ↑</th><th>kept fraction</th></tr>{''.join(rows)}</table>")
+
+
+def _class_table(metrics: dict) -> str:
+    auroc = metrics.get("auroc") or {}
+    cols = ("full", "crop", "drop")
+    rows, left_out = [], []
+    for cls in metrics.get("classes") or []:
+        vals = [(auroc.get(c) or {}).get(cls) for c in cols]
+        if all(v is None for v in vals):
+            left_out.append(cls)
+            continue
+        rows.append(f"<tr><td>{_esc(cls)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in vals) + "</tr>")
+    note = ""
+    if left_out:
+        note = (f"<p class='na'>Left out (only one label value in the test set, AUROC undefined): "
+                f"{_esc(', '.join(left_out))}.</p>")
+    return ("<table><tr><th>class</th><th>full</th><th>crop (region only)</th><th>drop (region removed)</th></tr>"
+            + "".join(rows) + "</table>" + note)
+
+
+def _localization(loc: dict | None) -> str:
+    if not loc:
+        return ("<p>No bounding-box file was given to the evaluation, so localisation (pointing game, IoBB) "
+                "was not measured.</p>")
+    rows = []
+    for name in MAPS:
+        m = loc.get(name) or {}
+        iobb = m.get("iobb_acc") or {}
+        rows.append(f"<tr><td>{name}</td><td>{_fmt(m.get('pointing_game'))}</td>"
+                    + "".join(f"<td>{_fmt(iobb.get(t))}</td>" for t in ("0.1", "0.25", "0.5")) + "</tr>")
+    return (f"<p>{_esc(loc.get('n_boxes', '?'))} ground-truth boxes.</p>"
+            "<table><tr><th>map</th><th>pointing game</th><th>IoBB &gt; 0.1</th><th>IoBB &gt; 0.25</th>"
+            "<th>IoBB &gt; 0.5</th></tr>" + "".join(rows) + "</table>")
+
+
+def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
+                 title: str = "ROI-consistency evaluation") -> Path:
+    """Write the HTML report to `out_path` atomically and return its Path."""
+    out = Path(out_path)
+    r = float(metrics.get("keep_ratio", 0.1))
+    metrics = {**metrics, "keep_ratio": r}
+    fill = metrics.get("fill", "ImageNet mean")
+    meta = (f"Checkpoint <code>{_esc(metrics.get('checkpoint', '?'))}</code> · "
+            f"{_esc(metrics.get('n_images', '?'))} test images · keep ratio r = {r:g} · "
+            f"removed pixels filled with {_esc(fill)}")
+    howto = (
+        "<p><b>How to read this.</b> Each map (learned mask, Grad-CAM, random) is cut to its top-r pixels. "
+        "<i>Comprehensiveness</i> = p_full − p_drop, the drop in the true-class probability when that region is "
+        "removed: high, and clearly above the random map, means the prediction depends on the highlighted region. "
+        "<i>Sufficiency</i> = p_full − p_crop, the drop when only the region is kept: low means the region alone "
+        "keeps the prediction. <i>Pointing game</i> (the map's maximum falls in a ground-truth box) and "
+        "<i>IoBB</i> (share of the region inside the box) check the region against radiologists' boxes. "
+        "The random mask of the same area is the floor; Grad-CAM on the same model is the post-hoc reference. "
+        "AUROC on crop / drop images shows the same question at the dataset level.</p>")
+    examples_html = "".join(_img(_example_figure(ex), f"example {ex.get('image', '')}", _example_caption(ex))
+                            for ex in examples) or "<p>No examples.</p>"
+    body = [
+        f"<h1>{_esc(title)}</h1><p class='meta'>{meta}</p><div class='howto'>{howto}</div>",
+        "<h2>Headline numbers</h2>", _headline(metrics),
+        "<h2>Per-class AUROC</h2>", _class_table(metrics), _img(_roc_figure(roc or {}), "ROC curves"),
+        "<h2>Faithfulness vs keep ratio</h2>",
+        _img(_faithfulness_figure(metrics.get("faithfulness") or {}, r), "faithfulness curves",
+             f"Dotted vertical line: the evaluation keep ratio r = {r:g}."),
+        "<h2>Localisation</h2>", _localization(metrics.get("localization")),
+        "<h2>Examples</h2>",
+        "<p>Green: ground-truth boxes. Colour: the map (jet, red = high). White outline: the kept top-r region.</p>",
+        examples_html,
+    ]
+    doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+           f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Atomic: a reader (or a crashed run) never sees a half-written report.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same directory, so os.replace is a rename
+    try:
+        tmp.write_text(doc, encoding="utf-8")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def screenshot(html_path, png_path, width: int = 1280, height: int = 3000) -> Path:
+    """Render `html_path` to a `width`x`height` PNG with headless Chromium and return the PNG's Path."""
+    exe = find_chromium()
+    if exe is None:
+        raise UserError("no Chromium found for the screenshot: install Debian's chromium package "
+                        "(apt-get install chromium) or put chromium / google-chrome on PATH")
+    src, png = Path(html_path).resolve(), Path(png_path).resolve()
+    if not src.is_file():
+        raise UserError(f"{src}: no such report file")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.unlink(missing_ok=True)
+    # A fresh profile each time: no first-run state, no lock clash with a running browser.
+    with tempfile.TemporaryDirectory(prefix="roi-chromium-") as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+               f"--screenshot={png}", src.as_uri()]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired as e:
+            raise UserError(f"{exe} did not finish the screenshot of {src} within 60 s") from e
+    if not png.is_file() or png.stat().st_size == 0:
+        raise UserError(f"{exe} wrote no screenshot (exit {res.returncode}): {res.stderr.strip()[-800:]}")
+    return png

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from roi_consistency import metrics as M
+
+
+def test_auroc_with_one_class_column_is_null_and_left_out_of_mean():
+    y = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]])
+    s = np.array([[0.9, 0.1, 0.2], [0.2, 0.3, 0.4], [0.6, 0.2, 0.1], [0.4, 0.5, 0.3]])
+    auc = M.per_class_auroc(y, s, ["a", "b", "c"])
+    assert auc["a"] == 1.0  # positives 0.9, 0.6 above negatives 0.2, 0.4
+    assert auc["b"] is None  # all negative
+    assert auc["c"] == 1.0  # positives 0.4, 0.3 above negatives 0.2, 0.1
+    assert M.mean_auroc(auc) == pytest.approx((1.0 + auc["c"]) / 2)
+
+
+def test_auroc_hand_value():
+    y = np.array([[1], [0], [1], [0]])
+    s = np.array([[0.8], [0.7], [0.6], [0.1]])
+    # pairs (pos, neg): (0.8,0.7) (0.8,0.1) (0.6,0.7)x (0.6,0.1) -> 3 of 4
+    assert M.per_class_auroc(y, s, ["x"])["x"] == pytest.approx(0.75)
+
+
+def test_comprehensiveness_and_sufficiency_over_true_pairs_only():
+    y = np.array([[1, 0], [0, 1]])
+    p_full = np.array([[0.9, 0.8], [0.3, 0.6]])
+    p_drop = np.array([[0.4, 0.0], [0.0, 0.5]])
+    p_crop = np.array([[0.7, 0.1], [0.2, 0.6]])
+    assert M.comprehensiveness(p_full, p_drop, y) == pytest.approx(((0.9 - 0.4) + (0.6 - 0.5)) / 2)
+    assert M.sufficiency(p_full, p_crop, y) == pytest.approx(((0.9 - 0.7) + 0.0) / 2)
+    assert M.comprehensiveness(p_full, p_drop, np.zeros((2, 2))) is None
+
+
+def test_pointing_game_argmax_and_tie_centroid():
+    s = np.zeros((10, 10))
+    s[2, 7] = 1.0
+    assert M.pointing_hit(s, (6, 1, 3, 3))  # x 6..9, y 1..4 holds (row 2, col 7)
+    assert not M.pointing_hit(s, (0, 0, 5, 5))
+    flat = np.ones((10, 10))  # saturated: every pixel tied -> centroid (5, 5), not index 0
+    assert not M.pointing_hit(flat, (0, 0, 2, 2))
+    assert M.pointing_hit(flat, (4, 4, 2, 2))
+    two = np.zeros((10, 10))
+    two[0, 0] = two[9, 9] = 1.0  # two tied corners -> centroid in the middle
+    assert not M.pointing_hit(two, (0, 0, 1, 1))
+
+
+def test_iobb_with_scaled_box():
+    from roi_consistency.evaluate import scale_box
+    region = np.zeros((8, 8), bool)
+    region[0:4, 0:4] = True  # 16 pixels
+    box = scale_box((0, 0, 64, 32), (256, 256), 8)  # a 256-px PNG box -> (0, 0, 2, 1) at 8 px
+    assert box == (0, 0, 2, 1)
+    assert M.iobb(region, box) == pytest.approx(2 / 16)
+    assert M.iobb(region, scale_box((0, 0, 128, 128), (256, 256), 8)) == pytest.approx(1.0)
+    assert M.iobb(np.zeros((8, 8), bool), box) == 0.0
+    # non-square source: x and y scale separately
+    assert scale_box((100, 50, 10, 20), (200, 100), 50) == (25.0, 25.0, 2.5, 10.0)

@@ -1,0 +1,160 @@
+"""The HTML report: self-contained, escaped, carries the headline numbers, and renders in headless Chromium."""
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from roi_consistency import report
+from roi_consistency.errors import UserError
+
+RATIOS = ("0.01", "0.05", "0.1", "0.2", "0.5")
+HEADINGS = ("Headline numbers", "Per-class AUROC", "Faithfulness vs keep ratio", "Localisation", "Examples")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _metrics(localization=True):
+    classes = ["Mass", "Nodule <b>", "Hernia"]  # Hernia: AUROC undefined everywhere
+    faith = {name: {"comprehensiveness": {k: base * float(k) ** 0.3 for k in RATIOS},
+                    "sufficiency": {k: 0.3 - base * float(k) for k in RATIOS}}
+             for name, base in (("learned", 0.41234), ("gradcam", 0.3), ("random", 0.05))}
+    loc = {"n_boxes": 7, **{name: {"pointing_game": pg, "iobb_acc": {"0.1": 0.8, "0.25": 0.6, "0.5": 0.3}}
+                            for name, pg in (("learned", 0.714), ("gradcam", 0.571), ("random", 0.143))}}
+    return {"n_images": 40, "classes": classes, "keep_ratio": 0.1, "checkpoint": "runs/x/<best>.pt",
+            "fill": "ImageNet mean",
+            "auroc": {k: {"Mass": v, "Nodule <b>": v - 0.1, "Hernia": None}
+                      for k, v in (("full", 0.9123), ("crop", 0.8), ("drop", 0.6))},
+            "mean_auroc": {"full": 0.8623, "crop": 0.75, "drop": 0.55},
+            "kept_fraction": {"learned": 0.1, "gradcam": 0.1, "random": 0.1},
+            "faithfulness": faith, "localization": loc if localization else None}
+
+
+def _roc():
+    fpr = np.linspace(0, 1, 11)
+    return {"Mass": {"fpr": fpr.tolist(), "tpr": np.sqrt(fpr).tolist(), "auc": 0.9123},
+            "Nodule <b>": {"fpr": fpr.tolist(), "tpr": (fpr ** 0.7).tolist(), "auc": 0.8123}}
+
+
+def _examples(boxes=True):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    gray = (0.5 + 0.3 * np.sin(xx / 6.0) * np.cos(yy / 9.0)).astype(np.float32)
+
+    def one_map(cy, cx):
+        heat = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 120.0)
+        return {"heat": heat, "mask": heat >= np.quantile(heat, 0.9)}
+
+    rand = rng.random((64, 64))
+    maps = {"learned": one_map(20, 24), "gradcam": one_map(30, 30),
+            "random": {"heat": rand, "mask": rand >= np.quantile(rand, 0.9)}}
+    ex1 = {"image": "00000003_000.png", "labels": ["Mass"], "gray": gray,
+           "boxes": [("Mass", 14, 10, 20, 18)] if boxes else [], "maps": maps,
+           "probs": {"full": {"Mass": 0.91}, "crop": {"Mass": 0.72}, "drop": {"Mass": 0.33}}}
+    ex2 = {"image": "evil<script>.png", "labels": ["Nodule <b>"], "gray": gray[::-1].copy(), "boxes": [],
+           "maps": {k: v for k, v in maps.items() if k != "gradcam"},
+           "probs": {"full": {"Nodule <b>": 0.4}, "drop": {}}}  # crop missing on purpose
+    return [ex1, ex2]
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    full = report.write_report(d / "full" / "report.html", _metrics(), _roc(), _examples())
+    bare = report.write_report(d / "bare.html", _metrics(localization=False), _roc(), _examples(boxes=False),
+                               title="No boxes")
+    return full, bare
+
+
+def test_report_is_self_contained_and_escaped(reports):
+    full, bare = reports
+    assert full.is_file() and bare.is_file()
+    assert not list(full.parent.glob("*.tmp")), "temporary file left behind"
+    text = full.read_text(encoding="utf-8")
+    assert "data:image/png;base64," in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", text, re.I)
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert "0.862" in text  # mean AUROC, full
+    assert f"{0.41234 * 0.1 ** 0.3:.3f}" in text  # learned comprehensiveness at r = 0.1
+    assert "0.714" in text  # pointing game, learned
+    assert "Nodule &lt;b&gt;" in text and "Nodule <b>" not in text
+    assert "evil&lt;script&gt;.png" in text
+    assert "runs/x/&lt;best&gt;.pt" in text
+    assert "Hernia" in text.split("Left out", 1)[1].split("</p>", 1)[0]  # all-null class is listed as left out
+    assert text.count("<img ") == 1 + 1 + 2  # ROC, faithfulness, two example rows
+    assert full.stat().st_size < 1_000_000
+
+
+def test_report_without_localization(reports):
+    _, bare = reports
+    text = bare.read_text(encoding="utf-8")
+    assert "No bounding-box file" in text and "IoBB &gt; 0.25" not in text
+    assert "<title>No boxes</title>" in text
+
+
+def _chromium_or_skip():
+    exe = report.find_chromium()
+    if exe is None:
+        if os.environ.get("ROI_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("ROI_REQUIRE_CHROMIUM=1 but no chromium / chromium-browser / google-chrome on PATH: "
+                        "install Debian's chromium package")
+        pytest.skip("no Chromium on PATH (set ROI_REQUIRE_CHROMIUM=1 to make this a failure)")
+    return exe
+
+
+def _render(exe, path):
+    """Open `path` in headless Chromium: (console/page errors and network requests, img natural widths, text)."""
+    if os.environ.get("ROI_REQUIRE_CHROMIUM") == "1":
+        import playwright.sync_api as sync_api  # an ImportError here is the failure CI should see
+    else:
+        sync_api = pytest.importorskip("playwright.sync_api")
+    problems = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: m.type == "error" and problems.append(f"console: {m.text}"))
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("request", lambda r: r.url.startswith(("http:", "https:")) and problems.append(r.url))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+            return problems, widths, page.inner_text("body")
+        finally:
+            browser.close()
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["with-boxes", "no-localization"])
+def test_report_renders_in_chromium(reports, which):
+    exe = _chromium_or_skip()
+    problems, widths, body = _render(exe, reports[which])
+    assert not problems, problems
+    assert len(widths) == 4 and all(w > 0 for w in widths), widths
+    for heading in HEADINGS:
+        assert heading in body
+    assert "n/a" in body  # the missing crop probability of the second example
+
+
+def test_render_check_catches_broken_pages(tmp_path):
+    """The checks above are not vacuous: a broken image and a console error are seen."""
+    exe = _chromium_or_skip()
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><img src="data:image/png;base64,AAAA"><script>console.error("boom")</script>'
+                   "</body></html>", encoding="utf-8")
+    problems, widths, _ = _render(exe, bad)
+    assert widths == [0]
+    assert any("boom" in p for p in problems), problems
+
+
+def test_screenshot(reports, tmp_path):
+    _chromium_or_skip()
+    png = report.screenshot(reports[0], tmp_path / "shot.png", width=900, height=1400)
+    assert png.stat().st_size > 0
+    with Image.open(png) as im:
+        assert im.size[0] == 900
+
+
+def test_screenshot_without_chromium(reports, tmp_path, monkeypatch):
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="chromium"):
+        report.screenshot(reports[0], tmp_path / "shot.png")
