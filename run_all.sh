@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end pipeline: set up .venv, get the data, flatten it, build the split CSVs, train.
+# End-to-end pipeline: set up .venv, get the data, flatten it, build the split CSVs, train, infer on
+# the test split, evaluate against the boxes, and write an HTML report.
 #
 #   ./run_all.sh --demo                       # built-in phantom data, CPU preset, no network needed
 #   ./run_all.sh --data-root /data/nih        # an existing NIH ChestX-ray14 copy
@@ -60,6 +61,29 @@ stage "train (preset $PRESET${RESUME:+, resuming})"
 $RC train --preset "$PRESET" --train-csv "$CSV_DIR/nih_roi_train.csv" --val-csv "$CSV_DIR/nih_roi_val.csv" \
   --image-root "$DATA_ROOT/images" --save "$CKPT" "${RESUME[@]}" "${TRAIN_ARGS[@]}"
 
+# Score with the best checkpoint by validation AUROC (the latest if there is no validation).
+BEST="${CKPT%.pt}.best.pt"
+[ -f "$BEST" ] || BEST="$CKPT"
+BBOX=()
+[ -f "$DATA_ROOT/BBox_List_2017.csv" ] && BBOX=(--bbox "$DATA_ROOT/BBox_List_2017.csv")
+
+if [ -f "$WORK/preds.json" ] && [ "$WORK/preds.json" -nt "$BEST" ]; then stage "infer: up to date, skipped"
+else
+  stage "infer"
+  $RC infer --checkpoint "$BEST" --csv "$CSV_DIR/nih_roi_test.csv" --image-root "$DATA_ROOT/images" \
+    --out "$WORK/preds.json" --vis-dir "$WORK/roi_vis" --vis-limit 32
+fi
+
+if [ -f "$WORK/eval/report.html" ] && [ "$WORK/eval/report.html" -nt "$BEST" ]; then stage "evaluate: up to date, skipped"
+else
+  stage "evaluate"
+  $RC evaluate --checkpoint "$BEST" --csv "$CSV_DIR/nih_roi_test.csv" --image-root "$DATA_ROOT/images" \
+    "${BBOX[@]}" --out-dir "$WORK/eval"
+fi
+
 stage "done in $(( SECONDS - start ))s"
-echo "CSVs:       $CSV_DIR"
-echo "checkpoint: $CKPT"
+echo "CSVs:        $CSV_DIR"
+echo "checkpoint:  $CKPT (best: $BEST)"
+echo "predictions: $WORK/preds.json, overlays in $WORK/roi_vis/"
+echo "metrics:     $WORK/eval/metrics.json"
+echo "report:      $WORK/eval/report.html"

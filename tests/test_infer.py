@@ -28,7 +28,8 @@ def test_preds_json_schema_and_faithfulness(trained64, phantom64, tmp_path):
             assert p["faithfulness"][c] == p["prob_full"][c] - p["prob_drop"][c]
     # overlays, crops and drops for the first three images only
     stems = [r["image"][:-4] for r in rows[:3]]
-    assert sorted(f.name for f in vis.iterdir()) == sorted(f"{s}_{k}.png" for s in stems for k in ("overlay", "crop", "drop"))
+    want = sorted(f"{s}_{k}.png" for s in stems for k in ("overlay", "crop", "drop"))
+    assert sorted(f.name for f in vis.iterdir()) == want
     assert Image.open(vis / f"{stems[0]}_overlay.png").size == (48, 48)
 
 

@@ -51,6 +51,7 @@ TRAIN_FLAGS = [
     ("val_csv", ["--val-csv", "--val_csv"], "validation CSV, evaluated after every epoch"),
     ("image_root", ["--image-root", "--image_root"], "folder holding the images named in the CSVs"),
     ("img_size", ["--img-size", "--img_size"], "side of the square model input in pixels"),
+    ("cache", ["--cache"], "read images from a cache built by `roi-consistency cache` instead of PNGs"),
     ("backbone", ["--backbone"], "any torchvision classification model name (resnet18 is fast on CPU)"),
     ("weights", ["--weights"], "local state dict to initialise the backbone (instead of downloading)"),
     ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
@@ -103,6 +104,8 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     t.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                    default=argparse.SUPPRESS, help="channels-last memory format (default: on for CUDA)")
+    t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="torch.compile the training forward (default: off; see BENCHMARKS.md)")
     t.add_argument("--resume", nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH",
                    help="continue from --save (or PATH): same epoch, step, optimizer, schedule and RNG")
 
@@ -134,7 +137,7 @@ def _infer(a: argparse.Namespace) -> None:
         raise UserError("--save-mask/--save-crop are for a single --image; use --vis-dir with --csv")
     a.out = a.out or "preds.json"
     res = infer_csv(a.checkpoint, a.csv, a.image_root, a.out, a.keep_ratio, a.vis_dir, a.vis_limit,
-                    a.batch_size, a.device, a.workers)
+                    a.batch_size, a.device, a.workers, cache=a.cache)
     print(f"infer: {len(res['predictions'])} images -> {a.out}" + (f", overlays in {a.vis_dir}" if a.vis_dir else ""))
 
 
@@ -147,7 +150,7 @@ def _evaluate(a: argparse.Namespace) -> None:
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise UserError(f"--keep-ratios {a.keep_ratios}: each ratio must be between 0 and 1")
     m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, ratios, a.batch_size, a.device,
-                            a.examples, a.seed, a.workers)
+                            a.examples, a.seed, a.workers, cache=a.cache)
     r = str(m["keep_ratio"])
     f, loc = m["faithfulness"], m["localization"]
     print(f"evaluate: {m['n_images']} images; mean AUROC full {m['mean_auroc']['full']:.4f}")
@@ -158,6 +161,17 @@ def _evaluate(a: argparse.Namespace) -> None:
             line += f"  pointing {loc[k]['pointing_game']:.3f}"
         print(line)
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
+
+
+def _cache(a: argparse.Namespace) -> None:
+    from roi_consistency.cache import build_cache
+    index = build_cache(a.csv, a.image_root, a.size, a.out, a.workers, progress=not a.quiet)
+    print(f"cache: {len(index['names'])} images at {a.size}px -> {a.out}")
+
+
+def _screenshot(a: argparse.Namespace) -> None:
+    from roi_consistency.report import screenshot
+    print(screenshot(a.html, a.out, a.width, a.height))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictions JSON to write (default: preds.json with --csv; none with --image)")
     i.add_argument("--vis-dir", "--save_vis_dir", default=None,
                    help="write <image>_overlay.png, _crop.png and _drop.png here")
+    i.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
     i.add_argument("--vis-limit", type=int, default=16, help="how many images get overlays")
     i.add_argument("--batch-size", type=int, default=16, help="images per batch")
     i.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -263,11 +278,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-ratios", default="0.01,0.05,0.1,0.2,0.5",
                    help="keep ratios for comprehensiveness/sufficiency (the checkpoint's is always added)")
     e.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    e.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
     e.add_argument("--examples", type=int, default=8, help="example images in the report")
     e.add_argument("--seed", type=int, default=0, help="seed of the random-mask control")
     e.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("cache", formatter_class=HELP, help="decode images once into a memory-mapped array",
+                       description="Decode every image named in the CSVs once (one channel, antialiased resize "
+                                   "to --size) into a uint8 memory-mapped array that train/infer/evaluate read "
+                                   "with --cache. Resumable; an unfinished cache is never used.")
+    c.add_argument("--csv", action="append", required=True, help="a CSV with an image column (repeatable)")
+    c.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
+    c.add_argument("--size", type=int, default=256, help="side of the stored images (>= the model's --img-size)")
+    c.add_argument("--out", required=True, help="cache folder to create or finish")
+    c.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cache)
+
+    sc = sub.add_parser("screenshot", formatter_class=HELP, help="render report.html to a PNG (headless Chromium)",
+                        description="Take a PNG screenshot of a report with headless Chromium (Debian package "
+                                    "`chromium`), e.g. for a README or a slide.")
+    sc.add_argument("html", help="the report.html to render")
+    sc.add_argument("out", help="PNG file to write")
+    sc.add_argument("--width", type=int, default=1280, help="viewport width in pixels")
+    sc.add_argument("--height", type=int, default=3000, help="viewport height in pixels (the image's height)")
+    sc.set_defaults(func=_screenshot)
     return p
 
 

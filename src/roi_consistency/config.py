@@ -20,6 +20,7 @@ class TrainConfig:
     train_csv: str = "nih_roi_train.csv"
     val_csv: str | None = "nih_roi_val.csv"
     image_root: str = "images"
+    cache: str | None = None  # a folder made by `roi-consistency cache`
     img_size: int = 224
     classes: list[str] = field(default_factory=lambda: list(FINDINGS))
     augment: bool = True
@@ -50,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, off for CPU
     channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False  # torch.compile the training forward (see BENCHMARKS.md before turning it on)
     workers: int = 8
     save: str = "checkpoints/nih_roi_consistency.pt"
     save_every: int = 0

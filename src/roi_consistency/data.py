@@ -82,8 +82,9 @@ class ImageCSVDataset(Dataset):
     or (index, seed) pairs from SeededSampler; a seed switches augmentation on."""
 
     def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
-                 augment: bool = False):
+                 augment: bool = False, cache=None):
         self.names, labels = read_label_csv(csv_path, classes)
+        self.cache = cache  # an ImageCache: decoded rows instead of PNG files
         self.labels = labels if labels is not None else np.zeros((len(self.names), len(classes)), np.float32)
         self.has_labels = labels is not None
         self.root, self.size, self.augment = Path(image_root), img_size, augment
@@ -93,7 +94,12 @@ class ImageCSVDataset(Dataset):
 
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
-        img = load_image(self.root / self.names[i], self.size)
+        if self.cache is not None:
+            img = self.cache.get(self.names[i])
+            if img.shape[-1] != self.size:  # the cache may be stored larger than the model input
+                img = TF.resize(img, [self.size, self.size], antialias=True)
+        else:
+            img = load_image(self.root / self.names[i], self.size)
         if self.augment and seed is not None:
             img = augment(img, seed)
         return img.float().div_(255.0), torch.from_numpy(self.labels[i]), i

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from roi_consistency import metrics as M
+from roi_consistency.cache import ImageCache
 from roi_consistency.data import ImageCSVDataset
 from roi_consistency.errors import UserError
 from roi_consistency.infer import FILL, load_trained, pick_device, to_gray, write_json
@@ -86,12 +87,12 @@ def _probs(model: ROIModel, xn: torch.Tensor, m: torch.Tensor):
 def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: str | None = None,
                         out_dir: str = "eval", keep_ratios=(0.01, 0.05, 0.1, 0.2, 0.5), batch_size: int = 16,
                         device: str = "auto", n_examples: int = 8, seed: int = 0, workers: int = 2,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, cache: str | None = None) -> dict:
     dev = pick_device(device)
     model, cfg = load_trained(checkpoint, dev)
     classes, size, r0 = cfg["classes"], cfg["img_size"], cfg["keep_ratio"]
     ratios = sorted(set(float(r) for r in keep_ratios) | {r0})
-    ds = ImageCSVDataset(csv_path, image_root, size, classes)
+    ds = ImageCSVDataset(csv_path, image_root, size, classes, cache=ImageCache(cache, size) if cache else None)
     if not ds.has_labels:
         raise UserError(f"{csv_path}: evaluation needs a labels column")
     all_boxes = read_boxes(bbox) if bbox else {}
@@ -123,11 +124,18 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         pc = [int(p[1]) for p in pairs]
         gc = gradcam_maps(cam, xn[pb], pc) if pairs else None
         jitter = 1e-6 * torch.rand((len(pairs), 1, size, size), generator=gen).to(dev) if pairs else None
+        # Away from the model's own ratio only images with a finding count (comprehensiveness and
+        # sufficiency average over true findings), so normal images are scored once, at r0.
+        has_pos = torch.from_numpy(np.flatnonzero(y[idx].max(axis=1) > 0.5)).to(dev)
         for r in ratios:
+            rows_b = torch.arange(len(idx), device=dev) if r == r0 else has_pos
             for key, mp in (("learned", learned), ("random", rand)):
-                m = topk_mask(mp, r)
-                c_, d_ = _probs(model, xn, m)
-                crop[key][r][idx], drop[key][r][idx] = c_.cpu().numpy(), d_.cpu().numpy()
+                if not len(rows_b):
+                    break
+                m = topk_mask(mp[rows_b], r)
+                c_, d_ = _probs(model, xn[rows_b], m)
+                rows = idx[rows_b.cpu().numpy()]
+                crop[key][r][rows], drop[key][r][rows] = c_.cpu().numpy(), d_.cpu().numpy()
                 if r == r0:
                     kept[key].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
             if pairs:

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import load_checkpoint
 from roi_consistency.data import ImageCSVDataset, load_image
 from roi_consistency.errors import UserError
@@ -111,11 +112,12 @@ def write_json(obj: dict, path: str | Path) -> None:
 
 def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json", keep_ratio: float | None = None,
               vis_dir: str | None = None, vis_limit: int = 16, batch_size: int = 16, device: str = "auto",
-              workers: int = 2, progress: bool = True) -> dict:
+              workers: int = 2, progress: bool = True, cache: str | None = None) -> dict:
     dev = pick_device(device)
     model, cfg = load_trained(checkpoint, dev)
     classes, r = cfg["classes"], keep_ratio if keep_ratio is not None else cfg["keep_ratio"]
-    ds = ImageCSVDataset(csv, image_root, cfg["img_size"], classes)
+    ds = ImageCSVDataset(csv, image_root, cfg["img_size"], classes,
+                         cache=ImageCache(cache, cfg["img_size"]) if cache else None)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     preds, written = [], 0
     with tqdm(total=len(ds), desc="infer", unit="img", disable=not progress) as bar:

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import best_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from roi_consistency.config import TrainConfig
 from roi_consistency.data import ImageCSVDataset, SeededSampler
@@ -286,12 +287,18 @@ def fit(cfg: TrainConfig) -> dict:
     resume_ckpt = None
     if cfg.resume:
         resume_ckpt = load_checkpoint(cfg.resume)
-        # The resumed run continues the saved config; only run-length settings may change.
-        keep = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "resume", "save", "save_every",
-                                              "workers", "device", "log_csv", "tensorboard")}
+        # The resumed run continues the saved config. Run settings come from this invocation, and
+        # where the data lives may move (given explicitly, i.e. not left at its default).
+        keep = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "resume", "save", "save_every", "workers",
+                                              "device", "log_csv", "tensorboard")}
+        defaults = TrainConfig()
+        keep.update({k: getattr(cfg, k) for k in ("train_csv", "val_csv", "image_root", "cache")
+                     if getattr(cfg, k) != getattr(defaults, k)})
         cfg = TrainConfig.from_dict({**resume_ckpt["config"], **keep})
-    train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, augment=cfg.augment)
-    val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes) if cfg.val_csv else None
+    cache = ImageCache(cfg.cache, cfg.img_size) if cfg.cache else None
+    train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cfg.augment, cache)
+    val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache) \
+        if cfg.val_csv else None
     if rt.main:
         print(f"train: {len(train_ds)} images ({cfg.train_csv}); val: {len(val_ds) if val_ds else 0} images; "
               f"{cfg.backbone} at {cfg.img_size}px, mode {cfg.mode}, device {rt.device}, {rt.world} process(es)")
@@ -305,6 +312,8 @@ def fit(cfg: TrainConfig) -> dict:
             print(f"resumed from {cfg.resume}: epoch {tr.epoch + 1}, batch {tr.batch_in_epoch}, step {tr.step}")
     ddp_model = DDP(tr.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) \
         if rt.ddp else tr.model
+    if cfg.compile:  # compile after DDP wrapping; checkpoints still come from the plain tr.model
+        ddp_model = torch.compile(ddp_model)
     val_loader = make_loader(val_ds, SeededSampler(len(val_ds), rt.world, rt.rank, shuffle=False),
                              cfg.batch_size * 2, cfg.workers, rt.device) if val_ds else None
     log_csv = cfg.log_csv or os.path.splitext(cfg.save)[0] + ".log.csv"

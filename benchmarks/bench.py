@@ -1,0 +1,167 @@
+"""Side-by-side speed figures; every ratio compares two runs made in this one process.
+
+    python benchmarks/bench.py            # full size (minutes on a 2-core CPU)
+    python benchmarks/bench.py --quick    # smoke size (CI)
+    python benchmarks/bench.py --json bench.json
+
+1. Loader: images/s at batch 32, same worker count, decoding 1024-px PNGs + resize vs the uint8 cache.
+2. Training step: samples/s, fused [full; crop; drop] call vs three calls, channels-last on/off,
+   torch.compile on/off.
+3. Peak memory: process RSS, and CUDA max allocated where there is a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from roi_consistency import nih
+from roi_consistency.cache import ImageCache, build_cache
+from roi_consistency.config import TrainConfig
+from roi_consistency.data import ImageCSVDataset
+from roi_consistency.labels import FINDINGS
+from roi_consistency.losses import roi_loss
+from roi_consistency.model import build_model
+from roi_consistency.phantom import make_phantom
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def loader_rate(ds, workers: int, batch: int = 32) -> float:
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+    for _ in loader:  # warm-up epoch: workers start, files enter the page cache
+        pass
+    n, t0 = 0, time.perf_counter()
+    for x, _, _ in loader:  # timed epoch, same persistent workers
+        n += x.shape[0]
+    return n / max(time.perf_counter() - t0, 1e-9)
+
+
+def bench_loader(work: Path, n_images: int, src_size: int, img_size: int, workers: int) -> dict:
+    data = work / "phantom"
+    make_phantom(data, n_images=n_images, size=src_size, seed=1, progress=False)
+    nih.unify(str(data), progress=False)
+    csv_path = work / "all.csv"
+    names = sorted(p.name for p in (data / "images").iterdir())
+    csv_path.write_text("image,labels\n" + "".join(f"{n},Normal\n" for n in names))
+    t0 = time.perf_counter()
+    build_cache([str(csv_path)], str(data / "images"), img_size, str(work / "cache"), workers=workers, progress=False)
+    build_s = time.perf_counter() - t0
+    classes = list(FINDINGS)
+    png = loader_rate(ImageCSVDataset(csv_path, data / "images", img_size, classes), workers)
+    cached = loader_rate(ImageCSVDataset(csv_path, data / "images", img_size, classes,
+                                         cache=ImageCache(work / "cache", img_size)), workers)
+    return {"images": len(names), "png_size": src_size, "img_size": img_size, "workers": workers,
+            "png_images_per_s": png, "cache_images_per_s": cached, "cache_build_s": build_s,
+            "loader_speedup_cache_vs_png": cached / png}
+
+
+def step_rate(backbone: str, size: int, batch: int, passes: str, channels_last: bool, compile_: bool,
+              steps: int, device: torch.device, bf16: bool) -> float:
+    torch.manual_seed(0)
+    cfg = TrainConfig(backbone=backbone, pretrained=False, img_size=size, passes=passes, drop_path=0.0)
+    model = build_model(cfg.to_dict()).to(device).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fwd = torch.compile(model) if compile_ else model
+    x = torch.rand(batch, 1, size, size, device=device).to(memory_format=fmt)
+    y = (torch.rand(batch, len(FINDINGS), device=device) > 0.8).float()
+    w = cfg.loss_weights()
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = roi_loss(fwd(x), y, w)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2 if not compile_ else 3):  # warm-up (and compilation)
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def bench_steps(configs, steps: int, device: torch.device, compile_: bool) -> list[dict]:
+    rows = []
+    for backbone, size, batch in configs:
+        bf16 = device.type == "cuda"
+        variants = [("fused", True, False), ("separate", True, False), ("fused", False, False)]
+        if compile_:
+            variants.append(("fused", True, True))
+        for passes, cl, comp in variants:
+            rate = step_rate(backbone, size, batch, passes, cl, comp, steps, device, bf16)
+            rows.append({"backbone": backbone, "size": size, "batch": batch, "passes": passes,
+                         "channels_last": cl, "compile": comp, "samples_per_s": rate})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke size: seconds, for CI")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--compile", action="store_true", help="include torch.compile variants (slow to compile)")
+    ap.add_argument("--workers", type=int, default=2, help="loader workers for both loaders")
+    a = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if a.quick:
+        loader_args, configs, steps = (48, 256, 64), [("resnet18", 32, 8)], 2
+    elif device.type == "cuda":
+        loader_args, configs, steps = (512, 1024, 224), [("convnext_base", 224, b) for b in (8, 32, 64)], 20
+    else:
+        loader_args, configs, steps = (256, 1024, 224), [("resnet18", 64, 8), ("convnext_tiny", 64, 8)], 8
+    out = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, "
+                      f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}",
+           "torch": torch.__version__, "quick": a.quick}
+    with tempfile.TemporaryDirectory() as tmp:
+        out["loader"] = bench_loader(Path(tmp), *loader_args, workers=a.workers)
+    out["steps"] = bench_steps(configs, steps, device, a.compile)
+    fused = [r for r in out["steps"] if r["passes"] == "fused" and r["channels_last"] and not r["compile"]]
+    sep = [r for r in out["steps"] if r["passes"] == "separate"]
+    out["fused_speedup_vs_three_calls"] = min(f["samples_per_s"] / s["samples_per_s"] for f, s in zip(fused, sep))
+    out["loader_speedup_cache_vs_png"] = out["loader"]["loader_speedup_cache_vs_png"]
+    out["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    L = out["loader"]
+    print(f"machine: {out['machine']}, torch {out['torch']}{' (quick)' if a.quick else ''}")
+    print(f"\nloader, batch 32, {L['workers']} workers, {L['images']} PNGs of {L['png_size']}px -> {L['img_size']}px")
+    print(f"  {'PNG decode + resize':28s} {L['png_images_per_s']:10.1f} img/s")
+    print(f"  {'uint8 cache':28s} {L['cache_images_per_s']:10.1f} img/s   ({L['loader_speedup_cache_vs_png']:.1f}x)")
+    print(f"  cache build: {L['cache_build_s']:.1f} s")
+    print(f"\ntraining step ({device.type}{', bf16' if device.type == 'cuda' else ''})")
+    head = ("backbone", "size", "batch", "passes", "ch-last", "compile", "samples/s")
+    print("  {:14s} {:>4s} {:>5s} {:>9s} {:>7s} {:>7s} {:>10s}".format(*head))
+    for r in out["steps"]:
+        print(f"  {r['backbone']:14s} {r['size']:4d} {r['batch']:5d} {r['passes']:>9s} {str(r['channels_last']):>7s} "
+              f"{str(r['compile']):>7s} {r['samples_per_s']:10.1f}")
+    print(f"\nfused_speedup_vs_three_calls {out['fused_speedup_vs_three_calls']:.2f}  "
+          f"loader_speedup_cache_vs_png {out['loader_speedup_cache_vs_png']:.1f}")
+    print(f"peak RSS {out['peak_rss_mb']:.0f} MB" + (f", CUDA max allocated {out['cuda_max_allocated_mb']:.0f} MB"
+                                                     if "cuda_max_allocated_mb" in out else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from roi_consistency.cache import ImageCache, build_cache
+from roi_consistency.data import ImageCSVDataset, load_image
+from roi_consistency.errors import UserError
+from roi_consistency.labels import FINDINGS
+
+
+@pytest.fixture(scope="module")
+def cache32(phantom64, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "c32"
+    build_cache([str(phantom64["val"]), str(phantom64["test"])], str(phantom64["images"]), 32, str(out),
+                workers=2, progress=False)
+    return out
+
+
+def test_round_trip_equals_resized_decode(cache32, phantom64):
+    cache = ImageCache(cache32)
+    assert cache.size == 32 and len(cache.names) > 50
+    for name in cache.names[::17]:
+        assert torch.equal(cache.get(name), load_image(phantom64["images"] / name, 32))
+
+
+def test_resume_finishes_an_interrupted_build(cache32, phantom64, tmp_path):
+    import shutil
+    work = tmp_path / "c"
+    shutil.copytree(cache32, work)
+    index = json.loads((work / "index.json").read_text())
+    n = len(index["names"])
+    # what an interruption leaves: some rows never marked done (their bytes garbage), index incomplete
+    done = np.memmap(work / "done.u8", dtype=np.uint8, mode="r+", shape=(n,))
+    arr = np.memmap(work / "images.u8", dtype=np.uint8, mode="r+", shape=(n, 32, 32))
+    done[5:40] = 0
+    arr[5:40] = 7
+    done.flush()
+    arr.flush()
+    (work / "index.json").write_text(json.dumps({**index, "complete": False}))
+    with pytest.raises(UserError, match="incomplete"):
+        ImageCache(work)
+    build_cache([str(phantom64["val"]), str(phantom64["test"])], str(phantom64["images"]), 32, str(work),
+                workers=1, progress=False)
+    fixed = ImageCache(work)
+    for i in (5, 20, 39):
+        assert torch.equal(fixed.get(fixed.names[i]), load_image(phantom64["images"] / fixed.names[i], 32))
+
+
+def test_corrupt_image_is_named_and_cache_stays_incomplete(tmp_path):
+    from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((40, 40), 50 * k, np.uint8)).save(images / f"0000000{k}_000.png")
+    (images / "00000009_000.png").write_bytes(b"\x89PNG not really")
+    csv_path = tmp_path / "x.csv"
+    csv_path.write_text("image,labels\n" + "".join(f"0000000{k}_000.png,Normal\n" for k in (0, 1, 2, 9)))
+    with pytest.raises(UserError, match="00000009_000.png"):
+        build_cache([str(csv_path)], str(images), 16, str(tmp_path / "c"), workers=1, progress=False)
+    assert json.loads((tmp_path / "c" / "index.json").read_text())["complete"] is False
+
+
+def test_upsampling_is_refused(cache32):
+    with pytest.raises(UserError, match="upsample"):
+        ImageCache(cache32, img_size=48)
+
+
+def test_cache_and_png_give_the_same_batches(cache32, phantom64):
+    classes = list(FINDINGS)
+    png = ImageCSVDataset(phantom64["test"], phantom64["images"], 32, classes)
+    cached = ImageCSVDataset(phantom64["test"], phantom64["images"], 32, classes, cache=ImageCache(cache32, 32))
+    for i in range(0, len(png), 9):
+        a, ya, _ = png[i]
+        b, yb, _ = cached[i]
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    # a larger cache resized on read stays within the resize tolerance of decoding straight to size
+    smaller = ImageCSVDataset(phantom64["test"], phantom64["images"], 16, classes, cache=ImageCache(cache32, 16))
+    direct = ImageCSVDataset(phantom64["test"], phantom64["images"], 16, classes)
+    diff = max((smaller[i][0] - direct[i][0]).abs().mean().item() for i in range(0, len(direct), 9))
+    assert diff < 0.03
