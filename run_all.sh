@@ -53,13 +53,19 @@ CSV_DIR="$WORK/csv"
 if [ -f "$CSV_DIR/nih_roi_test.csv" ]; then stage "make-csv: exists, skipped"
 else stage "make-csv"; $RC make-csv --data-root "$DATA_ROOT" --out-dir "$CSV_DIR"; fi
 
+# Decode every image once into a uint8 memory-mapped cache; training and scoring read rows from it.
+CACHE="$WORK/cache256"
+stage "cache (256 px)"
+$RC cache --csv "$CSV_DIR/nih_roi_train.csv" --csv "$CSV_DIR/nih_roi_val.csv" --csv "$CSV_DIR/nih_roi_test.csv" \
+  --image-root "$DATA_ROOT/images" --size 256 --out "$CACHE"
+
 CKPT="$WORK/checkpoints/nih_roi_consistency.pt"
 PRESET=$([ "$DEMO" = 1 ] && echo cpu-demo || echo nih)
 RESUME=()
 [ -f "$CKPT" ] && RESUME=(--resume)  # continue (or no-op when finished) after an interruption
 stage "train (preset $PRESET${RESUME:+, resuming})"
 $RC train --preset "$PRESET" --train-csv "$CSV_DIR/nih_roi_train.csv" --val-csv "$CSV_DIR/nih_roi_val.csv" \
-  --image-root "$DATA_ROOT/images" --save "$CKPT" "${RESUME[@]}" "${TRAIN_ARGS[@]}"
+  --image-root "$DATA_ROOT/images" --cache "$CACHE" --save "$CKPT" "${RESUME[@]}" "${TRAIN_ARGS[@]}"
 
 # Score with the best checkpoint by validation AUROC (the latest if there is no validation).
 BEST="${CKPT%.pt}.best.pt"
@@ -71,14 +77,14 @@ if [ -f "$WORK/preds.json" ] && [ "$WORK/preds.json" -nt "$BEST" ]; then stage "
 else
   stage "infer"
   $RC infer --checkpoint "$BEST" --csv "$CSV_DIR/nih_roi_test.csv" --image-root "$DATA_ROOT/images" \
-    --out "$WORK/preds.json" --vis-dir "$WORK/roi_vis" --vis-limit 32
+    --cache "$CACHE" --out "$WORK/preds.json" --vis-dir "$WORK/roi_vis" --vis-limit 32
 fi
 
 if [ -f "$WORK/eval/report.html" ] && [ "$WORK/eval/report.html" -nt "$BEST" ]; then stage "evaluate: up to date, skipped"
 else
   stage "evaluate"
   $RC evaluate --checkpoint "$BEST" --csv "$CSV_DIR/nih_roi_test.csv" --image-root "$DATA_ROOT/images" \
-    "${BBOX[@]}" --out-dir "$WORK/eval"
+    --cache "$CACHE" "${BBOX[@]}" --out-dir "$WORK/eval"
 fi
 
 stage "done in $(( SECONDS - start ))s"
