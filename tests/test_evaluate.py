@@ -64,6 +64,8 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
         assert saved["kept_fraction"][k] == pytest.approx(round(0.1 * 48 * 48) / (48 * 48))
         loc = saved["localization"][k]
         assert 0.0 <= loc["pointing_game"] <= 1.0 and set(loc["iobb_acc"]) == {"0.1", "0.25", "0.5"}
+    assert set(saved["leakage"]) == {"learned", "random"}
+    assert 0.0 <= saved["leakage"]["random"]["mean_auroc"] <= 1.0
     assert saved["auroc"]["full"]["Hernia"] is None and saved["auroc"]["full"]["Effusion"] is not None
     boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
     assert saved["localization"]["n_boxes"] == sum(len(v) for v in boxes.values())

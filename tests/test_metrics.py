@@ -55,3 +55,15 @@ def test_iobb_with_scaled_box():
     assert M.iobb(np.zeros((8, 8), bool), box) == 0.0
     # non-square source: x and y scale separately
     assert scale_box((100, 50, 10, 20), (200, 100), 50) == (25.0, 25.0, 2.5, 10.0)
+
+
+def test_mask_leakage_detects_a_mask_that_encodes_the_label():
+    rng = np.random.default_rng(0)
+    y = (rng.random((120, 2)) > 0.5).astype(float)
+    y[:, 1] = 0  # a class with one label value: None
+    noise = rng.random((120, 16))
+    leaky = noise.copy()
+    leaky[:, 0] = y[:, 0]  # one mask cell switches on exactly for the positives
+    assert M.mask_leakage(leaky, y, ["a", "b"])["per_class"]["a"] > 0.95
+    honest = M.mask_leakage(noise, y, ["a", "b"])
+    assert honest["per_class"]["b"] is None and abs(honest["mean_auroc"] - 0.5) < 0.2

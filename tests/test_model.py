@@ -104,3 +104,39 @@ def test_pretrained_without_network_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(UserError, match=r"ResNet18_Weights.*--weights.*--no-pretrained"):
         build_backbone("resnet18", 14, pretrained=True)
+
+
+class RegionReader(nn.Module):
+    """A frozen 'classifier' whose evidence is one square: logit = 10 * mean(region) - 2."""
+
+    def forward(self, x):
+        return (10 * x[:, :, 4:12, 20:28].mean(dim=(1, 2, 3)) - 2).unsqueeze(1)
+
+
+@pytest.mark.parametrize("mask_net,mask_norm", [("tiny", "none"), ("tiny", "standardize"),
+                                                ("dilated", "standardize")])
+def test_a_few_steps_move_the_mask_onto_the_region_that_holds_the_signal(mask_net, mask_norm):
+    from roi_consistency.model import MASK_NETS
+    torch.manual_seed(0)
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[4:12, 20:28] = True  # 64 pixels = keep ratio 1/16
+    x = torch.rand(16, 1, 32, 32) * 0.3 + 0.35
+    x[:, :, 4:12, 20:28] += 0.4  # the signal: the region is brighter in every (positive) image
+    model = ROIModel(RegionReader(), MASK_NETS[mask_net](), keep_ratio=64 / 1024, passes="fused",
+                     mask_norm=mask_norm).train()
+    model.backbone.requires_grad_(False)
+    opt = torch.optim.Adam(model.mask_net.parameters(), lr=1e-2)
+    w = {"alpha": 1.0, "beta": 0.5, "gamma": 0.0, "delta": 0.0}
+
+    def inside() -> float:
+        with torch.no_grad():
+            m = model(x)["mask"][:, 0].bool()
+        return (m & region).sum().item() / m.sum().item()
+
+    before = inside()
+    for _ in range(60):
+        loss, _ = roi_loss(model(x), torch.ones(16, 1), w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert inside() > max(0.6, before + 0.3)

@@ -111,3 +111,27 @@ def test_ddp_two_processes_on_cpu(phantom64, tmp_path):
     assert r0["n_val"] == n_val  # gathered across ranks, padding removed
     ck = torch.load(tmp_path / "ddp.pt", weights_only=True)
     assert ck["step"] == r0["step"]
+
+
+def test_two_stage_trains_classifier_then_only_the_mask(phantom64, tmp_path):
+    import copy
+
+    from roi_consistency.model import build_model
+    cfg = small_cfg(phantom64, tmp_path, objective="two_stage", epochs=2, mask_start_epoch=1, mask_net="dilated",
+                    passes="fused", accum_steps=1)
+    torch.manual_seed(cfg.seed)
+    init = copy.deepcopy(build_model(cfg.to_dict()).state_dict())
+    stage1 = fit(small_cfg(phantom64, tmp_path / "s1", **{**cfg.__dict__, "epochs": 1,
+                                                            "save": str(tmp_path / "s1.pt")}))
+    full = fit(cfg)
+    m1, m2 = stage1["model"], full["model"]
+    # stage 1 moved the backbone but not the mask network
+    assert not torch.equal(m1.backbone.conv1.weight, init["backbone.conv1.weight"])
+    for k, v in m1.mask_net.state_dict().items():
+        assert torch.equal(v, init["mask_net." + k]), k
+    # stage 2 moved only the mask network; the classifier (BatchNorm statistics included) stayed frozen
+    for k, v in m2.backbone.state_dict().items():
+        assert torch.equal(v, m1.backbone.state_dict()[k]), k
+    assert any(not torch.equal(v, m1.mask_net.state_dict()[k]) for k, v in m2.mask_net.state_dict().items())
+    assert best_path(cfg.save).is_file()  # the best checkpoint comes from the mask stage
+    assert torch.load(best_path(cfg.save), weights_only=True)["epoch"] == 2

@@ -56,7 +56,10 @@ TRAIN_FLAGS = [
     ("weights", ["--weights"], "local state dict to initialise the backbone (instead of downloading)"),
     ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
      "(torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning)"),
-    ("mask_net", ["--mask-net", "--mask_net"], "mask network architecture"),
+    ("mask_net", ["--mask-net", "--mask_net"], "mask network: tiny (the reference 3->16->32->1 convs, 7x7 view) "
+     "or dilated (context of ~130 px)"),
+    ("mask_norm", ["--mask-norm"], "standardize the mask logits per image before the sigmoid, so the soft mask "
+     "cannot saturate and the straight-through gradient keeps flowing; none = the reference"),
     ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),
     ("passes", ["--passes"], "backbone passes while training: fused = one call on [full; crop; drop], "
      "separate = three calls; auto = separate for BatchNorm backbones (batch statistics would mix)"),
@@ -66,6 +69,11 @@ TRAIN_FLAGS = [
     ("beta", ["--beta"], "weight of relu(p_drop - p_full)"),
     ("gamma", ["--gamma"], "weight of mean(soft mask)"),
     ("delta", ["--delta"], "weight of the soft mask's total variation"),
+    ("objective", ["--objective"], "joint: all terms from the start (the reference); two_stage: classifier first "
+     "(full + random-mask images, label kept), then the mask network against the frozen classifier"),
+    ("mask_start_epoch", ["--mask-start-epoch"], "two_stage: the epoch (0-based) where mask training starts"),
+    ("evalx_weight", ["--evalx-weight"], "two_stage: weight of the random-mask BCE in the classifier stage"),
+    ("mask_lr", ["--mask-lr"], "two_stage: learning rate of the mask network (default: --lr)"),
     ("epochs", ["--epochs"], "number of epochs"),
     ("batch_size", ["--batch-size", "--batch_size"], "images per micro-batch per process"),
     ("accum_steps", ["--accum-steps", "--accum_steps"], "micro-batches per optimizer step"),
@@ -83,14 +91,14 @@ TRAIN_FLAGS = [
     ("tensorboard", ["--tensorboard"], "write TensorBoard scalars to this folder (needs tensorboard)"),
 ]
 CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
-           "mask_net": ("tiny",)}
+           "mask_net": ("tiny", "dilated"), "objective": ("joint", "two_stage"), "mask_norm": ("standardize", "none")}
 
 
 def _add_train_args(t: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for name, flags, text in TRAIN_FLAGS:
         default = getattr(defaults, name)
-        kind = type(default) if default is not None else (int if name == "max_steps" else str)
+        kind = type(default) if default is not None else {"max_steps": int, "mask_lr": float}.get(name, str)
         t.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
                        help=f"{text} (default: {default})")
     t.add_argument("--preset", choices=list(PRESETS), default=argparse.SUPPRESS,

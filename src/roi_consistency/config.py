@@ -30,6 +30,7 @@ class TrainConfig:
     weights: str | None = None
     drop_path: float = 0.1
     mask_net: str = "tiny"
+    mask_norm: str = "standardize"  # none (the reference) | standardize logits per image before the sigmoid
     keep_ratio: float = 0.1
     passes: str = "auto"  # fused | separate | auto (separate for BatchNorm backbones while training)
     # losses
@@ -38,6 +39,14 @@ class TrainConfig:
     beta: float = 0.5
     gamma: float = 1e-3
     delta: float = 1e-4
+    # joint: every term from the first step (the reference). two_stage: epochs before mask_start_epoch
+    # train the classifier alone, on full images and on images under random masks of random size
+    # (label kept, as in EVAL-X), so it learns what a masked image means; later epochs freeze it and
+    # train only the mask network against it.
+    objective: str = "joint"
+    mask_start_epoch: int = 0
+    evalx_weight: float = 1.0
+    mask_lr: float | None = None  # mask network's lr in the second stage (default: lr)
     # optimisation
     epochs: int = 8
     batch_size: int = 8
@@ -86,7 +95,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # The reference pipeline exactly as first written (issue text): tiny 3-layer mask net,
     # relu(p_drop - p_full), alpha..delta = 1, 0.5, 1e-3, 1e-4, ConvNeXt-Base at 224.
-    "seed": dict(backbone="convnext_base", mask_net="tiny", alpha=1.0, beta=0.5, gamma=1e-3,
+    "seed": dict(backbone="convnext_base", mask_net="tiny", mask_norm="none", alpha=1.0, beta=0.5, gamma=1e-3,
                  delta=1e-4, img_size=224, batch_size=8, accum_steps=2, epochs=8, lr=1e-4),
     # A CPU run of a few minutes on the phantom data (./run_all.sh --demo).
     "cpu-demo": dict(backbone="resnet18", pretrained=False, img_size=128, batch_size=32,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
@@ -105,6 +106,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     crop = {k: {r: np.full((n, C), np.nan, np.float32) for r in ratios} for k in MAPS}
     drop = {k: {r: np.full((n, C), np.nan, np.float32) for r in ratios} for k in MAPS}
     kept = {k: [] for k in MAPS}
+    pooled = {"learned": [], "random": []}  # the r0 masks at 16x16, for the leakage check
     loc = {k: {"hits": [], "iobb": []} for k in MAPS}
     examples = []
     for x, _, idx in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
@@ -138,6 +140,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
                 crop[key][r][rows], drop[key][r][rows] = c_.cpu().numpy(), d_.cpu().numpy()
                 if r == r0:
                     kept[key].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
+                    pooled[key].append(F.adaptive_avg_pool2d(m, 16).flatten(1).cpu().numpy())
             if pairs:
                 m = topk_mask(gc + jitter, r)
                 c_, d_ = _probs(model, xn[pb], m)
@@ -179,6 +182,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
                          for k in MAPS},
         "kept_fraction": {k: float(np.concatenate(v).mean()) if v else None for k, v in kept.items()},
         "localization": None,
+        # Can the labels be read off the mask's shape alone? ~0.5 is good; the random mask is the control.
+        "leakage": {k: M.mask_leakage(np.concatenate(v), y, classes, seed=seed) for k, v in pooled.items()},
     }
     result["mean_auroc"] = {k: M.mean_auroc(v) for k, v in result["auroc"].items()}
     if bbox:

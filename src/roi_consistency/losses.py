@@ -52,3 +52,32 @@ def roi_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights: dict[s
     total = (terms["bce"] + weights["alpha"] * terms["consist"] + weights["beta"] * terms["drop"]
              + weights["gamma"] * terms["sparse"] + weights["delta"] * terms["tv"])
     return total, {k: v.detach() for k, v in terms.items()}
+
+
+def classifier_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, evalx_weight: float):
+    """Stage 1 of two_stage: BCE on the full image plus BCE on the random-mask crop and drop with the
+    image's own labels (EVAL-X), so a masked image's prediction says what the visible pixels support."""
+    zero = out["full"].new_zeros((), dtype=torch.float32)
+    terms = {"bce": bce(out["full"], target), "consist": bce(out["crop"], target), "drop": bce(out["drop"], target),
+             "sparse": zero, "tv": zero}
+    total = terms["bce"] + evalx_weight * 0.5 * (terms["consist"] + terms["drop"])
+    if out.get("soft") is not None:  # keep the mask net in the graph (zero gradient) for DDP
+        total = total + 0.0 * out["soft"].sum()
+    return total, {k: v.detach() for k, v in terms.items()}
+
+
+def mask_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights: dict[str, float]):
+    """Stage 2 of two_stage, against the frozen classifier: keeping the region keeps every prediction
+    (alpha * |p_full - p_crop|), and removing it removes the evidence of the true findings
+    (beta * mean p_drop over true findings, rather than relu(p_drop - p_full), which is already
+    satisfied when p_drop <= p_full)."""
+    p_full, p_crop, p_drop = (torch.sigmoid(out[k].float()) for k in ("full", "crop", "drop"))
+    pos = target.float()
+    drop_pos = (p_drop * pos).sum() / pos.sum().clamp(min=1.0)
+    zero = p_full.new_zeros(())
+    terms = {"bce": bce(out["full"], target).detach(), "consist": consistency(p_full.detach(), p_crop),
+             "drop": drop_pos, "sparse": sparsity(out["soft"]) if out.get("soft") is not None else zero,
+             "tv": total_variation(out["soft"]) if out.get("soft") is not None else zero}
+    total = (weights["alpha"] * terms["consist"] + weights["beta"] * terms["drop"]
+             + weights["gamma"] * terms["sparse"] + weights["delta"] * terms["tv"])
+    return total, {k: v.detach() for k, v in terms.items()}

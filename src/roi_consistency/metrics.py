@@ -54,3 +54,25 @@ def iobb(region: np.ndarray, box: tuple[float, float, float, float]) -> float:
     r = np.asarray(region).astype(bool)
     n = r.sum()
     return float((r & box_mask(r.shape, box)).sum() / n) if n else 0.0
+
+
+def mask_leakage(features: np.ndarray, y: np.ndarray, classes: list[str], folds: int = 5, seed: int = 0) -> dict:
+    """How well the labels can be predicted from the binary mask alone (Jethani et al. 2021).
+
+    `features` is one row per image (e.g. the mask average-pooled to 16x16). Per class, a logistic
+    regression is cross-validated and its out-of-fold AUROC reported; ~0.5 means the mask's shape does
+    not encode the answer. Classes with fewer than two examples of either label are None."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    out: dict[str, float | None] = {}
+    for j, name in enumerate(classes):
+        col = np.asarray(y)[:, j] > 0.5
+        k = min(folds, int(col.sum()), int((~col).sum()))
+        if k < 2:
+            out[name] = None
+            continue
+        cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        p = cross_val_predict(LogisticRegression(max_iter=2000), x, col, cv=cv, method="predict_proba")[:, 1]
+        out[name] = float(roc_auc_score(col, p))
+    return {"per_class": out, "mean_auroc": mean_auroc(out)}

@@ -58,7 +58,24 @@ class MaskNet(nn.Module):
         return self.net(x)
 
 
-MASK_NETS = {"tiny": MaskNet}
+class DilatedMaskNet(nn.Module):
+    """A mask network that sees context: at half resolution, 3x3 convs dilated 1, 2, 4, 8 and 16 give
+    a receptive field of about 130 input pixels (the reference net sees 7x7), then logits are
+    upsampled to the input size."""
+
+    def __init__(self, width: int = 24):
+        super().__init__()
+        layers = [nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        for d in (1, 2, 4, 8, 16):
+            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.net(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet}
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -127,8 +144,9 @@ class ROIModel(nn.Module):
     """Backbone + mask network. forward() returns the three logits and the masks."""
 
     def __init__(self, backbone: nn.Module, mask_net: nn.Module, keep_ratio: float = 0.1,
-                 mode: str = "full", passes: str = "auto"):
+                 mode: str = "full", passes: str = "auto", mask_norm: str = "none"):
         super().__init__()
+        self.mask_norm = mask_norm
         self.backbone, self.mask_net = backbone, mask_net
         self.keep_ratio, self.mode, self.passes = keep_ratio, mode, passes
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -141,24 +159,33 @@ class ROIModel(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
-    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None):
+    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, random: bool = False):
         """(mask logits or None, soft mask or None, binary mask with straight-through gradient)."""
         r = self.keep_ratio if keep_ratio is None else keep_ratio
-        if self.mode == "random_mask":
+        if self.mode == "random_mask" or random:
             logits = random_mask_logits(xn.shape, xn.device)
             return None, None, topk_mask(logits, r)
         logits = self.mask_net(xn).float()
+        if self.mask_norm == "standardize":
+            # Rank is all top-k uses; standardising per image keeps the sigmoid out of saturation, where
+            # the straight-through gradient would vanish (the whole mask drifting to 1.0).
+            mu, sd = logits.mean(dim=(2, 3), keepdim=True), logits.std(dim=(2, 3), keepdim=True)
+            logits = (logits - mu) / (sd + 1e-6)
         soft = torch.sigmoid(logits)
         return logits, soft, straight_through(topk_mask(logits.detach(), r), soft)
 
-    def forward(self, x: torch.Tensor, keep_ratio: float | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, keep_ratio: float | None = None, random_mask: bool = False):
+        """{"full", "crop", "drop"} logits and the masks. random_mask=True uses a random mask of the same
+        area instead of the learned one (the classifier stage of two_stage training)."""
         xn = self.normalize(x)
         if self.mode == "standard" and self.training:  # plain classifier: no mask work at all
             return {"full": self.backbone(xn)}
-        mask_logits, soft, m = self.masks(xn, keep_ratio)
+        mask_logits, soft, m = self.masks(xn, keep_ratio, random=random_mask)
+        if random_mask and self.training:
+            soft = torch.sigmoid(self.mask_net(xn).float())  # unused, but keeps DDP's graph complete
         m = m.to(xn.dtype)
         crop, drop = xn * m, xn * (1 - m)
-        if self.fused_in_training or not self.training:
+        if self.fused_in_training or not self.backbone.training:
             full_l, crop_l, drop_l = self.backbone(torch.cat([xn, crop, drop])).chunk(3)
         else:
             full_l, crop_l, drop_l = self.backbone(xn), self.backbone(crop), self.backbone(drop)
@@ -174,4 +201,5 @@ def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
                               pretrained=cfg["pretrained"] and load_pretrained,
                               weights=cfg["weights"] if load_pretrained else None,
                               drop_path=cfg["drop_path"])
-    return ROIModel(backbone, MASK_NETS[cfg["mask_net"]](), cfg["keep_ratio"], cfg["mode"], cfg["passes"])
+    return ROIModel(backbone, MASK_NETS[cfg["mask_net"]](), cfg["keep_ratio"], cfg["mode"], cfg["passes"],
+                    cfg.get("mask_norm", "none"))

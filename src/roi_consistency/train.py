@@ -31,7 +31,7 @@ from roi_consistency.checkpoint import best_path, load_checkpoint, rng_state, sa
 from roi_consistency.config import TrainConfig
 from roi_consistency.data import ImageCSVDataset, SeededSampler
 from roi_consistency.errors import UserError
-from roi_consistency.losses import TERMS, roi_loss
+from roi_consistency.losses import TERMS, classifier_stage_loss, mask_stage_loss, roi_loss
 from roi_consistency.metrics import mean_auroc, per_class_auroc
 from roi_consistency.model import ROIModel, build_model
 
@@ -137,17 +137,37 @@ class Trainer:
             self.weights[k] > 0 for k in ("alpha", "beta", "gamma", "delta"))
         self.model.mask_net.requires_grad_(mask_learns)  # DDP must not wait for unused parameters
         torch.manual_seed(cfg.seed + rt.rank)  # but independent drop-path/random-mask noise per rank
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
+                  {"params": [p for p in self.model.mask_net.parameters() if p.requires_grad],
+                   "lr": cfg.mask_lr or cfg.lr}]
+        self.group_names = [n for n, g in zip(("backbone", "mask"), groups) if g["params"]]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
         self.epoch, self.batch_in_epoch, self.step, self.best = 0, 0, 0, None
         self.history: list[dict] = []
         self.boundary_rng = rng_state()
 
+    def phase(self, epoch: int) -> str:
+        """joint, or for two_stage: classifier (before mask_start_epoch), then mask."""
+        if self.cfg.objective != "two_stage":
+            return "joint"
+        return "classifier" if epoch < self.cfg.mask_start_epoch else "mask"
+
     def attach_schedule(self, steps_per_epoch: int) -> None:
-        total = max(1, steps_per_epoch * self.cfg.epochs)
-        warmup = max(1, round(self.cfg.warmup_frac * total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, total, warmup))
+        """Warm-up + cosine per parameter group over the steps where that group trains, 0 elsewhere."""
+        cfg, total = self.cfg, max(1, steps_per_epoch * self.cfg.epochs)
+
+        def span(start: int, end: int):
+            n = max(1, end - start)
+            warm = max(1, round(cfg.warmup_frac * n))
+            return lambda s: lr_factor(s - start, n, warm) if start <= s < end else 0.0
+
+        if cfg.objective == "two_stage":
+            split = steps_per_epoch * cfg.mask_start_epoch
+            by_group = {"backbone": span(0, split), "mask": span(split, total)}
+        else:
+            by_group = {"backbone": span(0, total), "mask": span(0, total)}
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [by_group[n] for n in self.group_names])
 
     def state(self) -> dict:
         m = self.model
@@ -182,10 +202,13 @@ class Trainer:
 def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: StopFlag) -> bool:
     """One epoch (or the rest of one). Returns False when stopped early (Ctrl+C or --max-steps)."""
     cfg, accum = tr.cfg, tr.cfg.accum_steps
+    phase = tr.phase(tr.epoch)
     ddp_model.train()
+    if phase == "mask":
+        tr.model.backbone.eval()  # frozen classifier: no BatchNorm statistics updates, no dropout
     sums = torch.zeros(len(TERMS) + 1, device=tr.rt.device)  # terms + total, summed between logs
     n_sum, seen, t0 = 0, 0, time.perf_counter()
-    bar = tqdm(total=micro_total, initial=tr.batch_in_epoch, desc=f"epoch {tr.epoch + 1}/{cfg.epochs}",
+    bar = tqdm(total=micro_total, initial=tr.batch_in_epoch, desc=f"epoch {tr.epoch + 1}/{cfg.epochs} ({phase})",
                unit="batch", disable=not tr.rt.main, dynamic_ncols=True, leave=True)
     b = tr.batch_in_epoch
     it = iter(loader)
@@ -204,8 +227,15 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
         sync = contextlib.nullcontext() if (last or not tr.rt.ddp) else ddp_model.no_sync()
         with sync:
             with tr.autocast():
-                out = ddp_model(tr.to_device(x))
-                loss, terms = roi_loss(out, y.to(tr.rt.device, non_blocking=True), tr.weights)
+                yd = y.to(tr.rt.device, non_blocking=True)
+                if phase == "classifier":  # EVAL-X: a random mask of random size, label kept
+                    r = 0.05 + 0.55 * torch.rand(()).item()
+                    loss, terms = classifier_stage_loss(ddp_model(tr.to_device(x), keep_ratio=r, random_mask=True),
+                                                        yd, cfg.evalx_weight)
+                elif phase == "mask":
+                    loss, terms = mask_stage_loss(ddp_model(tr.to_device(x)), yd, tr.weights)
+                else:
+                    loss, terms = roi_loss(ddp_model(tr.to_device(x)), yd, tr.weights)
             (loss / window).backward()
         sums += torch.stack([terms[k] for k in TERMS] + [loss.detach().float()])
         n_sum += 1
@@ -225,7 +255,7 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
             tr.last_train = dict(zip(TERMS + ("loss",), vals))
             ips = seen / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{vals[-1]:.4f}", bce=f"{vals[0]:.4f}", img_s=f"{ips:.1f}",
-                            lr=f"{tr.scheduler.get_last_lr()[0]:.2e}")
+                            lr=f"{max(tr.scheduler.get_last_lr()):.2e}", phase=phase)
             tr.images_per_s = ips
             sums.zero_()
             n_sum = 0
@@ -337,14 +367,15 @@ def fit(cfg: TrainConfig) -> dict:
                 break
             metrics = evaluate(tr.model, val_loader, tr) if val_loader else {}
             tr.epoch, tr.batch_in_epoch = tr.epoch + 1, 0
-            row = {"epoch": tr.epoch, "step": tr.step, "lr": tr.scheduler.get_last_lr()[0],
+            row = {"epoch": tr.epoch, "step": tr.step, "lr": max(tr.scheduler.get_last_lr()),
                    "seconds": round(time.perf_counter() - t_epoch, 2), "images_per_s": round(tr.images_per_s, 2),
                    **{f"train_{k}": v for k, v in tr.last_train.items()},
                    **{k: v for k, v in metrics.items() if k != "auroc"},
                    **{f"auroc_{c}": v for c, v in metrics.get("auroc", {}).items()}}
             tr.history.append({k: v for k, v in row.items() if v is not None})
-            improved = metrics.get("val_mean_auroc") is not None and (
-                tr.best is None or metrics["val_mean_auroc"] > tr.best)
+            # A classifier-stage epoch has an untrained mask: never the "best" model to use.
+            improved = metrics.get("val_mean_auroc") is not None and tr.phase(tr.epoch - 1) != "classifier" and (
+                tr.best is None or metrics["val_mean_auroc"] >= tr.best)
             if improved:
                 tr.best = metrics["val_mean_auroc"]
             tr.boundary_rng = rng_state()
