@@ -140,3 +140,20 @@ def test_a_few_steps_move_the_mask_onto_the_region_that_holds_the_signal(mask_ne
         loss.backward()
         opt.step()
     assert inside() > max(0.6, before + 0.3)
+
+
+def test_feature_mask_net_reads_the_backbone_without_copying_it():
+    from roi_consistency.config import TrainConfig
+    from roi_consistency.model import build_model
+    model = build_model(TrainConfig(backbone="resnet18", pretrained=False, mask_net="features").to_dict()).train()
+    out = model(torch.rand(2, 1, 64, 64))
+    assert out["mask_logits"].shape == (2, 1, 64, 64)
+    assert out["mask"].sum(dim=(1, 2, 3)).tolist() == [round(0.1 * 64 * 64)] * 2
+    assert not [k for k in model.mask_net.state_dict() if "layer" in k or "conv1" in k]
+    # gradients reach the mask head, never the backbone through the feature path
+    out["soft"].sum().backward()
+    assert model.mask_net.proj[0].weight.grad.abs().sum() > 0
+    assert model.backbone.conv1.weight.grad is None
+    from roi_consistency.model import make_feature_mask_net
+    with pytest.raises(UserError, match="features"):
+        make_feature_mask_net(Brightness())  # no recognisable feature stages

@@ -57,7 +57,7 @@ TRAIN_FLAGS = [
     ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
      "(torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning)"),
     ("mask_net", ["--mask-net", "--mask_net"], "mask network: tiny (the reference 3->16->32->1 convs, 7x7 view) "
-     "or dilated (context of ~130 px)"),
+     "dilated (context of ~130 px), or features (a head on the classifier's own feature maps)"),
     ("mask_norm", ["--mask-norm"], "standardize the mask logits per image before the sigmoid, so the soft mask "
      "cannot saturate and the straight-through gradient keeps flowing; none = the reference"),
     ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),
@@ -91,7 +91,8 @@ TRAIN_FLAGS = [
     ("tensorboard", ["--tensorboard"], "write TensorBoard scalars to this folder (needs tensorboard)"),
 ]
 CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
-           "mask_net": ("tiny", "dilated"), "objective": ("joint", "two_stage"), "mask_norm": ("standardize", "none")}
+           "mask_net": ("tiny", "dilated", "features"), "objective": ("joint", "two_stage"),
+           "mask_norm": ("standardize", "none")}
 
 
 def _add_train_args(t: argparse.ArgumentParser) -> None:
@@ -168,6 +169,10 @@ def _evaluate(a: argparse.Namespace) -> None:
         if loc:
             line += f"  pointing {loc[k]['pointing_game']:.3f}"
         print(line)
+    leak = m.get("leakage") or {}
+    if leak:
+        print("  labels predicted from the mask alone (leakage, ~0.5 is good): "
+              + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in leak.items() if v["mean_auroc"] is not None))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
 

@@ -75,7 +75,61 @@ class DilatedMaskNet(nn.Module):
         return F.interpolate(self.net(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet}
+FEATURE_LAYERS = {"resnet": ("layer2", "layer3", "layer4"), "convnext": ("features.3", "features.5", "features.7")}
+
+
+def feature_layers(backbone: nn.Module) -> tuple[str, ...]:
+    names = {n for n, _ in backbone.named_modules()}
+    for layers in FEATURE_LAYERS.values():
+        if all(n in names for n in layers):
+            return layers
+    raise UserError("--mask-net features supports ResNet and ConvNeXt backbones; use --mask-net dilated")
+
+
+def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...]) -> list[torch.Tensor]:
+    """The classifier's own feature maps at three depths (no gradient: the mask must not reshape them)."""
+    feats: dict[str, torch.Tensor] = {}
+    hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
+             for n in layers]
+    try:
+        with torch.no_grad():
+            backbone(xn)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [feats[n].float() for n in layers]
+
+
+class FeatureMaskNet(nn.Module):
+    """A mask head on the classifier's own features (three depths, 1x1 convs, summed at the finest
+    of them, a 3x3 conv, upsampled to the input): the mask sees what the classifier sees. The backbone
+    is passed at call time, so its weights are not stored twice."""
+
+    def __init__(self, channels: tuple[int, ...], width: int = 32):
+        super().__init__()
+        self.proj = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width, 1, 1))
+        self.layers: tuple[str, ...] = ()
+
+    def forward(self, x: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+        feats = backbone_features(backbone, x, self.layers)
+        size = feats[0].shape[-2:]
+        z = sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p, f in zip(self.proj, feats))
+        return F.interpolate(self.head(z), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def make_feature_mask_net(backbone: nn.Module) -> FeatureMaskNet:
+    layers = feature_layers(backbone)
+    was_training = backbone.training
+    feats = backbone_features(backbone.eval(), torch.zeros(1, 3, 64, 64), layers)  # probe channel counts
+    backbone.train(was_training)
+    net = FeatureMaskNet(tuple(f.shape[1] for f in feats))
+    net.layers = layers
+    return net
+
+
+MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet, "features": make_feature_mask_net}
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -165,7 +219,8 @@ class ROIModel(nn.Module):
         if self.mode == "random_mask" or random:
             logits = random_mask_logits(xn.shape, xn.device)
             return None, None, topk_mask(logits, r)
-        logits = self.mask_net(xn).float()
+        logits = (self.mask_net(xn, self.backbone) if isinstance(self.mask_net, FeatureMaskNet)
+                  else self.mask_net(xn)).float()
         if self.mask_norm == "standardize":
             # Rank is all top-k uses; standardising per image keeps the sigmoid out of saturation, where
             # the straight-through gradient would vanish (the whole mask drifting to 1.0).
@@ -181,8 +236,8 @@ class ROIModel(nn.Module):
         if self.mode == "standard" and self.training:  # plain classifier: no mask work at all
             return {"full": self.backbone(xn)}
         mask_logits, soft, m = self.masks(xn, keep_ratio, random=random_mask)
-        if random_mask and self.training:
-            soft = torch.sigmoid(self.mask_net(xn).float())  # unused, but keeps DDP's graph complete
+        if random_mask and self.training:  # unused, but keeps DDP's graph complete
+            soft = torch.sigmoid(self.masks(xn, keep_ratio)[0])
         m = m.to(xn.dtype)
         crop, drop = xn * m, xn * (1 - m)
         if self.fused_in_training or not self.backbone.training:
@@ -201,5 +256,6 @@ def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
                               pretrained=cfg["pretrained"] and load_pretrained,
                               weights=cfg["weights"] if load_pretrained else None,
                               drop_path=cfg["drop_path"])
-    return ROIModel(backbone, MASK_NETS[cfg["mask_net"]](), cfg["keep_ratio"], cfg["mode"], cfg["passes"],
+    mask_net = make_feature_mask_net(backbone) if cfg["mask_net"] == "features" else MASK_NETS[cfg["mask_net"]]()
+    return ROIModel(backbone, mask_net, cfg["keep_ratio"], cfg["mode"], cfg["passes"],
                     cfg.get("mask_norm", "none"))

@@ -241,6 +241,16 @@ def _localization(loc: dict | None) -> str:
             "<th>IoBB &gt; 0.5</th></tr>" + "".join(rows) + "</table>")
 
 
+def _leakage(leak: dict | None) -> str:
+    if not leak:
+        return ""
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_fmt((v or {}).get('mean_auroc'))}</td></tr>" for k, v in leak.items())
+    return ("<h2>Leakage check</h2><p>How well the labels can be predicted from the binary mask alone (logistic "
+            "regression on the mask pooled to 16×16, cross-validated). Near 0.5 is good; far above the random mask "
+            "means the mask's shape encodes the answer instead of pointing at evidence.</p>"
+            "<table><tr><th>map</th><th>mean AUROC from the mask alone</th></tr>" + rows + "</table>")
+
+
 def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
                  title: str = "ROI-consistency evaluation") -> Path:
     """Write the HTML report to `out_path` atomically and return its Path."""
@@ -270,6 +280,7 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
         _img(_faithfulness_figure(metrics.get("faithfulness") or {}, r), "faithfulness curves",
              f"Dotted vertical line: the evaluation keep ratio r = {r:g}."),
         "<h2>Localisation</h2>", _localization(metrics.get("localization")),
+        _leakage(metrics.get("leakage")),
         "<h2>Examples</h2>",
         "<p>Green: ground-truth boxes. Colour: the map (jet, red = high). White outline: the kept top-r region.</p>",
         examples_html,
