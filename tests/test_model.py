@@ -157,3 +157,17 @@ def test_feature_mask_net_reads_the_backbone_without_copying_it():
     from roi_consistency.model import make_feature_mask_net
     with pytest.raises(UserError, match="features"):
         make_feature_mask_net(Brightness())  # no recognisable feature stages
+
+
+def test_crop_and_drop_passes_leave_batchnorm_running_stats_to_full_images():
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", 14)
+    reference = build_backbone("resnet18", 14)
+    reference.load_state_dict(backbone.state_dict())
+    model = ROIModel(backbone, MaskNet(), passes="separate").train()
+    x = torch.rand(4, 1, 32, 32)
+    model(x)
+    reference.train()(model.normalize(x))  # the full image alone
+    torch.testing.assert_close(backbone.bn1.running_mean, reference.bn1.running_mean)
+    torch.testing.assert_close(backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+    assert backbone.bn1.momentum == 0.1  # restored

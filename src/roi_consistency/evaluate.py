@@ -98,7 +98,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         raise UserError(f"{csv_path}: evaluation needs a labels column")
     all_boxes = read_boxes(bbox) if bbox else {}
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
-    cam = __import__("pytorch_grad_cam").GradCAM(model=model.backbone, target_layers=[gradcam_layer(model.backbone)])
+    from pytorch_grad_cam import GradCAM  # imported here: it pulls in OpenCV, which only evaluation needs
+    cam = GradCAM(model=model.backbone, target_layers=[gradcam_layer(model.backbone)])
     gen = torch.Generator().manual_seed(seed)
     n, C = len(ds), len(classes)
     p_full = np.zeros((n, C), np.float32)
@@ -114,7 +115,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         with torch.no_grad():
             xn = model.normalize(x)
             p_full[idx] = torch.sigmoid(model.backbone(xn).float()).cpu().numpy()
-            learned = model.mask_net(xn).float() if model.mode != "random_mask" else random_mask_logits(
+            learned = model.mask_logits(xn) if model.mode != "random_mask" else random_mask_logits(
                 xn.shape, "cpu", gen).to(dev)
             rand = random_mask_logits(xn.shape, "cpu", gen).to(dev)
         # (image, class) pairs: true findings, plus box classes for localisation

@@ -11,6 +11,8 @@ lets the consistency and drop losses reach the mask network.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -194,6 +196,21 @@ def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """BatchNorm still normalises with batch statistics but does not fold them into its running
+    statistics: crop and drop images must not shift the statistics used on full images at test time."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
 class ROIModel(nn.Module):
     """Backbone + mask network. forward() returns the three logits and the masks."""
 
@@ -213,12 +230,8 @@ class ROIModel(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
-    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, random: bool = False):
-        """(mask logits or None, soft mask or None, binary mask with straight-through gradient)."""
-        r = self.keep_ratio if keep_ratio is None else keep_ratio
-        if self.mode == "random_mask" or random:
-            logits = random_mask_logits(xn.shape, xn.device)
-            return None, None, topk_mask(logits, r)
+    def mask_logits(self, xn: torch.Tensor) -> torch.Tensor:
+        """The learned map before the sigmoid, [B,1,H,W] float32."""
         logits = (self.mask_net(xn, self.backbone) if isinstance(self.mask_net, FeatureMaskNet)
                   else self.mask_net(xn)).float()
         if self.mask_norm == "standardize":
@@ -226,6 +239,15 @@ class ROIModel(nn.Module):
             # the straight-through gradient would vanish (the whole mask drifting to 1.0).
             mu, sd = logits.mean(dim=(2, 3), keepdim=True), logits.std(dim=(2, 3), keepdim=True)
             logits = (logits - mu) / (sd + 1e-6)
+        return logits
+
+    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, random: bool = False):
+        """(mask logits or None, soft mask or None, binary mask with straight-through gradient)."""
+        r = self.keep_ratio if keep_ratio is None else keep_ratio
+        if self.mode == "random_mask" or random:
+            logits = random_mask_logits(xn.shape, xn.device)
+            return None, None, topk_mask(logits, r)
+        logits = self.mask_logits(xn)
         soft = torch.sigmoid(logits)
         return logits, soft, straight_through(topk_mask(logits.detach(), r), soft)
 
@@ -237,13 +259,15 @@ class ROIModel(nn.Module):
             return {"full": self.backbone(xn)}
         mask_logits, soft, m = self.masks(xn, keep_ratio, random=random_mask)
         if random_mask and self.training:  # unused, but keeps DDP's graph complete
-            soft = torch.sigmoid(self.masks(xn, keep_ratio)[0])
+            soft = torch.sigmoid(self.mask_logits(xn))
         m = m.to(xn.dtype)
         crop, drop = xn * m, xn * (1 - m)
         if self.fused_in_training or not self.backbone.training:
             full_l, crop_l, drop_l = self.backbone(torch.cat([xn, crop, drop])).chunk(3)
         else:
-            full_l, crop_l, drop_l = self.backbone(xn), self.backbone(crop), self.backbone(drop)
+            full_l = self.backbone(xn)
+            with frozen_bn_stats(self.backbone):
+                crop_l, drop_l = self.backbone(crop), self.backbone(drop)
         return {"full": full_l, "crop": crop_l, "drop": drop_l, "mask": m, "soft": soft,
                 "mask_logits": mask_logits}
 
