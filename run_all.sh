@@ -18,8 +18,8 @@ DEMO=0; DATA_ROOT=""; WORK=""; TRAIN_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) DEMO=1 ;;
-    --data-root) DATA_ROOT="$2"; shift ;;
-    --work) WORK="$2"; shift ;;
+    --data-root) DATA_ROOT="${2:?--data-root needs a folder}"; shift ;;
+    --work) WORK="${2:?--work needs a folder}"; shift ;;
     -h|--help) usage; echo; echo "options: --demo | --data-root DIR, --work DIR (default runs/demo or runs/nih)"; exit 0 ;;
     --) shift; TRAIN_ARGS=("$@"); break ;;
     *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
 done
 if [ -z "$WORK" ]; then WORK=$([ "$DEMO" = 1 ] && echo runs/demo || echo runs/nih); fi
 mkdir -p "$WORK"
-exec > >(tee -a "$WORK/roi-run.log") 2>&1
+# tee ignores Ctrl+C, so training can still report and save while the log keeps flowing.
+exec > >(trap '' INT; exec tee -a "$WORK/roi-run.log") 2>&1
 echo "== run_all.sh $(date -u +%FT%TZ) demo=$DEMO work=$WORK"
 start=$SECONDS
 stage() { echo; echo "== [$(( SECONDS - start ))s] $*"; }
@@ -65,7 +66,7 @@ RESUME=()
 [ -f "$CKPT" ] && RESUME=(--resume)  # continue (or no-op when finished) after an interruption
 stage "train (preset $PRESET${RESUME:+, resuming})"
 $RC train --preset "$PRESET" --train-csv "$CSV_DIR/nih_roi_train.csv" --val-csv "$CSV_DIR/nih_roi_val.csv" \
-  --image-root "$DATA_ROOT/images" --cache "$CACHE" --save "$CKPT" "${RESUME[@]}" "${TRAIN_ARGS[@]}"
+  --image-root "$DATA_ROOT/images" --cache "$CACHE" --save "$CKPT" ${RESUME[@]+"${RESUME[@]}"} ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
 
 # Score with the best checkpoint by validation AUROC (the latest if there is no validation).
 BEST="${CKPT%.pt}.best.pt"
@@ -84,7 +85,7 @@ if [ -f "$WORK/eval/report.html" ] && [ "$WORK/eval/report.html" -nt "$BEST" ]; 
 else
   stage "evaluate"
   $RC evaluate --checkpoint "$BEST" --csv "$CSV_DIR/nih_roi_test.csv" --image-root "$DATA_ROOT/images" \
-    --cache "$CACHE" "${BBOX[@]}" --out-dir "$WORK/eval"
+    --cache "$CACHE" ${BBOX[@]+"${BBOX[@]}"} --out-dir "$WORK/eval"
 fi
 
 stage "done in $(( SECONDS - start ))s"

@@ -27,13 +27,11 @@ class BrightDark(nn.Module):
 
 
 def test_gradcam_maps_have_image_size_and_follow_the_class():
-    from pytorch_grad_cam import GradCAM
     x = torch.zeros(1, 3, 32, 32)
     x[..., 4:8, 4:8] = 2.0  # bright spot, top left
     x[..., 24:28, 20:26] = -2.0  # dark spot, bottom right
     model = BrightDark().eval()
-    cam = GradCAM(model=model, target_layers=[model.features[-1]])
-    maps = gradcam_maps(cam, x.repeat(2, 1, 1, 1), [0, 1])
+    maps = gradcam_maps(model, x.repeat(2, 1, 1, 1), [0, 1])
     assert maps.shape == (2, 1, 32, 32)
     y0, x0 = np.unravel_index(maps[0, 0].argmax().item(), (32, 32))
     y1, x1 = np.unravel_index(maps[1, 0].argmax().item(), (32, 32))

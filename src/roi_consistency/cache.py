@@ -76,12 +76,16 @@ def build_cache(csvs: list[str], image_root: str, size: int, out: str, workers: 
     with tqdm(total=n, initial=n - len(todo), desc="cache", unit="img", disable=not progress) as bar, \
             ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_fill_rows, str(out_dir), n, size, image_root, c) for c in chunks]
-        for fut in futures:
-            ok, errs = fut.result()
-            done[ok] = 1  # marked only after the worker flushed those rows
-            done.flush()
-            bad.extend(errs)
-            bar.update(len(ok) + len(errs))
+        try:
+            for fut in futures:
+                ok, errs = fut.result()
+                done[ok] = 1  # marked only after the worker flushed those rows
+                done.flush()
+                bad.extend(errs)
+                bar.update(len(ok) + len(errs))
+        except BaseException:  # Ctrl+C: keep what is marked done, drop the queue, resume next time
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     if bad:
         listing = "\n  ".join(f"{name}: {err}" for name, err in bad[:10])
         raise UserError(f"{len(bad)} images could not be read; the cache is left incomplete (fix or remove "

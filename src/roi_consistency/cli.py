@@ -162,12 +162,15 @@ def _evaluate(a: argparse.Namespace) -> None:
                             a.examples, a.seed, a.workers, cache=a.cache)
     r = str(m["keep_ratio"])
     f, loc = m["faithfulness"], m["localization"]
-    print(f"evaluate: {m['n_images']} images; mean AUROC full {m['mean_auroc']['full']:.4f}")
+
+    def fmt(v, spec: str = ".4f") -> str:
+        return "n/a" if v is None else format(v, spec)
+    print(f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}")
     for k in ("learned", "gradcam", "random"):
-        line = (f"  {k:8s} comprehensiveness@{r} {f[k]['comprehensiveness'][r]:+.4f}  "
-                f"sufficiency@{r} {f[k]['sufficiency'][r]:+.4f}  kept {m['kept_fraction'][k]:.4f}")
+        line = (f"  {k:8s} comprehensiveness@{r} {fmt(f[k]['comprehensiveness'][r], '+.4f')}  "
+                f"sufficiency@{r} {fmt(f[k]['sufficiency'][r], '+.4f')}  kept {fmt(m['kept_fraction'][k])}")
         if loc:
-            line += f"  pointing {loc[k]['pointing_game']:.3f}"
+            line += f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}"
         print(line)
     leak = m.get("leakage") or {}
     if leak:

@@ -85,6 +85,11 @@ class ImageCSVDataset(Dataset):
                  augment: bool = False, cache=None):
         self.names, labels = read_label_csv(csv_path, classes)
         self.cache = cache  # an ImageCache: decoded rows instead of PNG files
+        if cache is not None:
+            missing = [n for n in self.names if n not in cache.row]
+            if missing:
+                raise UserError(f"--cache {cache.path}: {len(missing)} images of {csv_path} are not in the cache "
+                                f"(e.g. {missing[0]}); rebuild it with this CSV among its --csv files")
         self.labels = labels if labels is not None else np.zeros((len(self.names), len(classes)), np.float32)
         self.has_labels = labels is not None
         self.root, self.size, self.augment = Path(image_root), img_size, augment

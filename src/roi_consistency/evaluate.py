@@ -71,10 +71,12 @@ def gradcam_layer(backbone: torch.nn.Module) -> torch.nn.Module:
     raise UserError("Grad-CAM: this backbone has no layer4/features stage; pick a CNN backbone")
 
 
-def gradcam_maps(cam, xn: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Grad-CAM maps [P,1,H,W] for pairs (xn[p], classes[p]), at the input's size."""
+def gradcam_maps(backbone: torch.nn.Module, xn: torch.Tensor, classes: list[int]) -> torch.Tensor:
+    """Grad-CAM maps [P,1,H,W] for pairs (xn[p], classes[p]), at the input's size. The hooks live only
+    for this call, so the many other backbone calls of an evaluation stay unhooked."""
+    from pytorch_grad_cam import GradCAM  # imported here: it pulls in OpenCV, which only evaluation needs
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    with torch.enable_grad():
+    with torch.enable_grad(), GradCAM(model=backbone, target_layers=[gradcam_layer(backbone)]) as cam:
         g = cam(input_tensor=xn, targets=[ClassifierOutputTarget(c) for c in classes])
     return torch.from_numpy(np.asarray(g, dtype=np.float32)).unsqueeze(1).to(xn.device)
 
@@ -98,8 +100,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         raise UserError(f"{csv_path}: evaluation needs a labels column")
     all_boxes = read_boxes(bbox) if bbox else {}
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
-    from pytorch_grad_cam import GradCAM  # imported here: it pulls in OpenCV, which only evaluation needs
-    cam = GradCAM(model=model.backbone, target_layers=[gradcam_layer(model.backbone)])
+    gradcam_layer(model.backbone)  # fail early for a backbone Grad-CAM cannot use
     gen = torch.Generator().manual_seed(seed)
     n, C = len(ds), len(classes)
     p_full = np.zeros((n, C), np.float32)
@@ -125,7 +126,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
                           if bx[0] in classes})
         pb = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
         pc = [int(p[1]) for p in pairs]
-        gc = gradcam_maps(cam, xn[pb], pc) if pairs else None
+        gc = gradcam_maps(model.backbone, xn[pb], pc) if pairs else None
         jitter = 1e-6 * torch.rand((len(pairs), 1, size, size), generator=gen).to(dev) if pairs else None
         # Away from the model's own ratio only images with a finding count (comprehensiveness and
         # sufficiency average over true findings), so normal images are scored once, at r0.

@@ -108,7 +108,10 @@ class StopFlag:
         if self.set:
             raise KeyboardInterrupt
         self.set = True
-        print("\nstopping: saving a checkpoint at the next step (Ctrl+C again to abort)", file=sys.stderr)
+        try:  # stderr may be a pipe whose reader (tee) died with the same Ctrl+C
+            print("\nstopping: saving a checkpoint at the next step (Ctrl+C again to abort)", file=sys.stderr)
+        except OSError:
+            pass
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -199,6 +202,21 @@ class Trainer:
         return torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
+def should_stop(tr: Trainer, stop: StopFlag) -> bool:
+    """Checked only at accumulation-window boundaries, so a checkpoint never holds half a window.
+    Under DDP the ranks agree (one all-reduce per log interval), or one rank would stop while another
+    waits in the next gradient all-reduce."""
+    if tr.cfg.max_steps and tr.step >= tr.cfg.max_steps:
+        return True
+    if not tr.rt.ddp:
+        return stop.set
+    if tr.step % tr.cfg.log_every:
+        return False
+    flag = torch.tensor([float(stop.set)], device=tr.rt.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: StopFlag) -> bool:
     """One epoch (or the rest of one). Returns False when stopped early (Ctrl+C or --max-steps)."""
     cfg, accum = tr.cfg, tr.cfg.accum_steps
@@ -207,13 +225,15 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
     if phase == "mask":
         tr.model.backbone.eval()  # frozen classifier: no BatchNorm statistics updates, no dropout
     sums = torch.zeros(len(TERMS) + 1, device=tr.rt.device)  # terms + total, summed between logs
-    n_sum, seen, t0 = 0, 0, time.perf_counter()
+    epoch_sums = torch.zeros_like(sums)
+    n_sum, n_epoch, seen, t0 = 0, 0, 0, time.perf_counter()
     bar = tqdm(total=micro_total, initial=tr.batch_in_epoch, desc=f"epoch {tr.epoch + 1}/{cfg.epochs} ({phase})",
                unit="batch", disable=not tr.rt.main, dynamic_ncols=True, leave=True)
     b = tr.batch_in_epoch
     it = iter(loader)
     while b < micro_total:
-        if stop.set:
+        if b % accum == 0 and should_stop(tr, stop):
+            bar.close()
             return False
         try:
             x, y, _ = next(it)
@@ -237,13 +257,18 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
                 else:
                     loss, terms = roi_loss(ddp_model(tr.to_device(x)), yd, tr.weights)
             (loss / window).backward()
-        sums += torch.stack([terms[k] for k in TERMS] + [loss.detach().float()])
-        n_sum += 1
+        step_terms = torch.stack([terms[k] for k in TERMS] + [loss.detach().float()])
+        sums += step_terms
+        epoch_sums += step_terms
+        n_sum, n_epoch = n_sum + 1, n_epoch + 1
         seen += x.shape[0] * tr.rt.world
         b += 1
         bar.update(1)
         if not last:
             continue
+        if phase == "classifier":  # the mask net only rode along for DDP: no AdamW state for zero grads
+            for p in tr.model.mask_net.parameters():
+                p.grad = None
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
         tr.scheduler.step()
@@ -252,7 +277,6 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
         tr.boundary_rng = rng_state()
         if tr.step % cfg.log_every == 0 or b == micro_total:
             vals = (sums / max(n_sum, 1)).tolist()  # the only host sync, once per log interval
-            tr.last_train = dict(zip(TERMS + ("loss",), vals))
             ips = seen / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{vals[-1]:.4f}", bce=f"{vals[0]:.4f}", img_s=f"{ips:.1f}",
                             lr=f"{max(tr.scheduler.get_last_lr()):.2e}", phase=phase)
@@ -261,10 +285,9 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
             n_sum = 0
         if cfg.save_every and tr.step % cfg.save_every == 0:
             tr.save(cfg.save)
-        if cfg.max_steps and tr.step >= cfg.max_steps:
-            bar.close()
-            return False
     bar.close()
+    if n_epoch:  # the epoch's mean loss terms (of what this process trained since it started)
+        tr.last_train = dict(zip(TERMS + ("loss",), (epoch_sums / n_epoch).tolist()))
     return True
 
 
@@ -311,6 +334,18 @@ def append_log(path: str, row: dict, classes: list[str]) -> None:
         w.writerow(row)
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that would crash mid-run, naming the flag."""
+    if not 0 < cfg.keep_ratio < 1:
+        raise UserError(f"--keep-ratio must be between 0 and 1, got {cfg.keep_ratio}")
+    for flag, value in (("--accum-steps", cfg.accum_steps), ("--batch-size", cfg.batch_size),
+                        ("--log-every", cfg.log_every), ("--epochs", cfg.epochs), ("--img-size", cfg.img_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if cfg.objective == "two_stage" and cfg.mode in ("standard", "random_mask"):
+        raise UserError(f"--objective two_stage trains a mask: it does not combine with --mode {cfg.mode}")
+
+
 def fit(cfg: TrainConfig) -> dict:
     """Train according to cfg; returns the last epoch's metrics and the checkpoint paths."""
     rt = setup_runtime(cfg.device)
@@ -325,10 +360,14 @@ def fit(cfg: TrainConfig) -> dict:
         keep.update({k: getattr(cfg, k) for k in ("train_csv", "val_csv", "image_root", "cache")
                      if getattr(cfg, k) != getattr(defaults, k)})
         cfg = TrainConfig.from_dict({**resume_ckpt["config"], **keep})
+    check_config(cfg)
     cache = ImageCache(cfg.cache, cfg.img_size) if cfg.cache else None
     train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cfg.augment, cache)
     val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache) \
         if cfg.val_csv else None
+    for ds in (train_ds, val_ds):
+        if ds is not None and not ds.has_labels:
+            raise UserError("training and validation CSVs need a labels column (image,labels)")
     if rt.main:
         print(f"train: {len(train_ds)} images ({cfg.train_csv}); val: {len(val_ds) if val_ds else 0} images; "
               f"{cfg.backbone} at {cfg.img_size}px, mode {cfg.mode}, device {rt.device}, {rt.world} process(es)")
@@ -379,9 +418,9 @@ def fit(cfg: TrainConfig) -> dict:
             if improved:
                 tr.best = metrics["val_mean_auroc"]
             tr.boundary_rng = rng_state()
-            tr.save(cfg.save)
-            if improved:
+            if improved:  # best first: a crash between the two writes never loses the best model
                 tr.save(best_path(cfg.save))
+            tr.save(cfg.save)
             if rt.main:
                 append_log(log_csv, row, cfg.classes)
                 if tb:
