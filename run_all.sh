@@ -5,7 +5,7 @@
 #   ./run_all.sh --demo                       # built-in phantom data, CPU preset, no network needed
 #   ./run_all.sh --data-root /data/nih        # an existing NIH ChestX-ray14 copy
 #   ./run_all.sh                              # download NIH with kagglehub first (~42 GB)
-#   ./run_all.sh --demo -- --epochs 2         # everything after -- goes to `roi-consistency train`
+#   ./run_all.sh --demo -- --epochs 9         # everything after -- goes to `roi-consistency train`
 #
 # Stages whose outputs exist are skipped, and training resumes from its checkpoint, so running the
 # same command again after Ctrl+C continues where it stopped. Everything is also logged to

@@ -4,7 +4,8 @@
     python benchmarks/bench.py --quick    # smoke size (CI)
     python benchmarks/bench.py --json bench.json
 
-1. Loader: images/s at batch 32, same worker count, decoding 1024-px PNGs + resize vs the uint8 cache.
+1. Loader: images/s at batch 32, same worker count, decoding 1024-px PNGs + resize vs the uint8 cache;
+   and for training batches, resize + augmentation per image in the workers vs per batch on the device.
 2. Training step: samples/s, fused [full; crop; drop] call vs three calls, channels-last on/off,
    torch.compile on/off.
 3. Peak memory: process RSS, and CUDA max allocated where there is a GPU.
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from roi_consistency import nih
 from roi_consistency.cache import ImageCache, build_cache
 from roi_consistency.config import TrainConfig
-from roi_consistency.data import ImageCSVDataset
+from roi_consistency.data import ImageCSVDataset, augment_batch
 from roi_consistency.labels import FINDINGS
 from roi_consistency.losses import roi_loss
 from roi_consistency.model import build_model
@@ -37,17 +38,38 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def loader_rate(ds, workers: int, batch: int = 32) -> float:
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+class Seeded(torch.utils.data.Sampler):
+    """Indices with a per-sample seed, as training hands them over (switches augmentation on)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        return iter((i, 1000 + i) for i in range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def loader_rate(ds, workers: int, batch: int = 32, device: torch.device | None = None) -> float:
+    """Images/s over one epoch after a warm-up epoch. With a device, raw batches are also resized and
+    augmented there (`augment_batch`), and that time counts."""
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                        sampler=Seeded(len(ds)) if ds.augment else None)
     for _ in loader:  # warm-up epoch: workers start, files enter the page cache
         pass
     n, t0 = 0, time.perf_counter()
-    for x, _, _ in loader:  # timed epoch, same persistent workers
-        n += x.shape[0]
+    for x, y, _ in loader:  # timed epoch, same persistent workers
+        if device is not None:
+            x = augment_batch(x[0].to(device, non_blocking=True), x[1], ds.size)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        n += len(y)
     return n / max(time.perf_counter() - t0, 1e-9)
 
 
-def bench_loader(work: Path, n_images: int, src_size: int, img_size: int, workers: int) -> dict:
+def bench_loader(work: Path, n_images: int, src_size: int, img_size: int, workers: int,
+                 device: torch.device) -> dict:
     data = work / "phantom"
     make_phantom(data, n_images=n_images, size=src_size, seed=1, progress=False)
     nih.unify(str(data), progress=False)
@@ -61,15 +83,24 @@ def bench_loader(work: Path, n_images: int, src_size: int, img_size: int, worker
     png = loader_rate(ImageCSVDataset(csv_path, data / "images", img_size, classes), workers)
     cached = loader_rate(ImageCSVDataset(csv_path, data / "images", img_size, classes,
                                          cache=ImageCache(work / "cache", img_size)), workers)
+    # with augmentation (training): per image in the workers, or per batch on the device
+    cache = ImageCache(work / "cache", img_size // 2)
+    aug_workers = loader_rate(ImageCSVDataset(csv_path, data / "images", img_size // 2, classes, augment=True,
+                                              cache=cache), workers)
+    aug_device = loader_rate(ImageCSVDataset(csv_path, data / "images", img_size // 2, classes, augment=True,
+                                             cache=cache, raw=True), workers, device=device)
     return {"images": len(names), "png_size": src_size, "img_size": img_size, "workers": workers,
             "png_images_per_s": png, "cache_images_per_s": cached, "cache_build_s": build_s,
-            "loader_speedup_cache_vs_png": cached / png}
+            "loader_speedup_cache_vs_png": cached / png, "augment_size": img_size // 2,
+            "augment_in_workers_images_per_s": aug_workers, "augment_on_device_images_per_s": aug_device}
 
 
 def step_rate(backbone: str, size: int, batch: int, passes: str, channels_last: bool, compile_: bool,
               steps: int, device: torch.device, bf16: bool) -> float:
     torch.manual_seed(0)
-    cfg = TrainConfig(backbone=backbone, pretrained=False, img_size=size, passes=passes, drop_path=0.0)
+    # the joint step of the reference (full, crop and drop, all with gradients): what fusing can speed up
+    cfg = TrainConfig(backbone=backbone, pretrained=False, img_size=size, passes=passes, drop_path=0.0,
+                      mask_net="tiny", objective="joint", fill="mean")
     model = build_model(cfg.to_dict()).to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -133,7 +164,7 @@ def main() -> None:
                       f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}",
            "torch": torch.__version__, "quick": a.quick}
     with tempfile.TemporaryDirectory() as tmp:
-        out["loader"] = bench_loader(Path(tmp), *loader_args, workers=a.workers)
+        out["loader"] = bench_loader(Path(tmp), *loader_args, workers=a.workers, device=device)
     out["steps"] = bench_steps(configs, steps, device, a.compile)
     fused = [r for r in out["steps"] if r["passes"] == "fused" and r["channels_last"] and not r["compile"]]
     sep = [r for r in out["steps"] if r["passes"] == "separate"]
@@ -149,6 +180,9 @@ def main() -> None:
     print(f"  {'PNG decode + resize':28s} {L['png_images_per_s']:10.1f} img/s")
     print(f"  {'uint8 cache':28s} {L['cache_images_per_s']:10.1f} img/s   ({L['loader_speedup_cache_vs_png']:.1f}x)")
     print(f"  cache build: {L['cache_build_s']:.1f} s")
+    print(f"  training batches from the {L['img_size']}px cache to {L['augment_size']}px, augmented:")
+    print(f"  {'  resize+augment in workers':28s} {L['augment_in_workers_images_per_s']:10.1f} img/s")
+    print(f"  {'  on the device (' + device.type + ')':28s} {L['augment_on_device_images_per_s']:10.1f} img/s")
     print(f"\ntraining step ({device.type}{', bf16' if device.type == 'cuda' else ''})")
     head = ("backbone", "size", "batch", "passes", "ch-last", "compile", "samples/s")
     print("  {:14s} {:>4s} {:>5s} {:>9s} {:>7s} {:>7s} {:>10s}".format(*head))

@@ -80,3 +80,49 @@ def test_cache_and_png_give_the_same_batches(cache32, phantom64):
     direct = ImageCSVDataset(phantom64["test"], phantom64["images"], 16, classes)
     diff = max((smaller[i][0] - direct[i][0]).abs().mean().item() for i in range(0, len(direct), 9))
     assert diff < 0.03
+
+
+def test_device_side_resize_and_augment_match_the_loader_path(cache32, phantom64):
+    """Raw cached rows resized and augmented as a batch (`augment_batch`, on the GPU when there is one)
+    give the loader workers' images, within the tolerance of one resampling instead of two."""
+    from torch.utils.data import default_collate
+
+    from roi_consistency.data import augment_batch
+    classes = list(FINDINGS)
+    cache = ImageCache(cache32, 16)
+    worker = ImageCSVDataset(phantom64["test"], phantom64["images"], 16, classes, augment=True, cache=cache)
+    raw = ImageCSVDataset(phantom64["test"], phantom64["images"], 16, classes, augment=True, cache=cache, raw=True)
+    items = [(i, 1000 + i) for i in range(0, 60, 3)] + [i for i in range(1, 60, 7)]  # augmented, and plain
+    want = torch.stack([worker[it][0] for it in items])
+    (img, u), y, idx = default_collate([raw[it] for it in items])
+    assert img.dtype == torch.uint8 and img.shape[-1] == 32  # bytes at cache size cross to the device
+    assert torch.isnan(u[-1]).all() and not torch.isnan(u[0]).any()
+    got = augment_batch(img, u, 16)
+    assert got.shape == want.shape
+    assert (got - want).abs().mean() < 0.01
+    # a wrong geometry (e.g. the rotation's sign) is far outside that tolerance
+    flipped = u.clone()
+    flipped[:, 4] = 1 - flipped[:, 4]
+    assert (augment_batch(img, flipped, 16) - want)[: len(items) // 2].abs().mean() > 2 * (got - want).abs().mean()
+    assert torch.equal(y, torch.stack([worker[it][1] for it in items]))
+
+
+def test_training_with_device_transforms_reads_the_raw_cache(cache32, phantom64, tmp_path):
+    from roi_consistency.config import TrainConfig
+    from roi_consistency.train import fit
+    cfg = TrainConfig(train_csv=str(phantom64["val"]), val_csv=str(phantom64["test"]),
+                      image_root=str(phantom64["images"]), cache=str(cache32), img_size=32, device_transforms=True,
+                      backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=2, lr=1e-3,
+                      workers=0, save=str(tmp_path / "m.pt"))
+    result = fit(cfg)
+    assert result["step"] > 0 and 0 <= result["metrics"]["val_mean_auroc"] <= 1
+
+
+def test_normal_mean_image_averages_only_images_without_findings(phantom64):
+    from roi_consistency.data import normal_mean_image
+    ds = ImageCSVDataset(phantom64["val"], phantom64["images"], 16, list(FINDINGS))
+    normal = [i for i in range(len(ds)) if ds.labels[i].sum() == 0]
+    assert 0 < len(normal) < len(ds)
+    want = torch.stack([ds[i][0] for i in normal]).mean(dim=0)
+    torch.testing.assert_close(normal_mean_image(ds), want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(normal_mean_image(ds, limit=3), torch.stack([ds[i][0] for i in normal[:3]]).mean(0))

@@ -64,9 +64,19 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
         assert 0.0 <= loc["pointing_game"] <= 1.0 and set(loc["iobb_acc"]) == {"0.1", "0.25", "0.5"}
     assert set(saved["leakage"]) == {"learned", "random"}
     assert 0.0 <= saved["leakage"]["random"]["mean_auroc"] <= 1.0
+    # on the boxed images, the true boxes are the reference: findings sit in their own places here
+    boxed = saved["leakage_boxed"]
+    assert boxed["n_images"] == len({n for n in read_boxes(phantom64["data"] / "BBox_List_2017.csv")})
+    assert boxed["boxes"]["mean_auroc"] > boxed["random"]["mean_auroc"] + 0.2
     assert saved["auroc"]["full"]["Hernia"] is None and saved["auroc"]["full"]["Effusion"] is not None
     boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
     assert saved["localization"]["n_boxes"] == sum(len(v) for v in boxes.values())
+    # per finding: pointing per map, and the true box as the region (counts add up to every box)
+    per_finding = {f for v in boxes.values() for f, *_ in v}
+    assert set(saved["localization"]["learned"]["pointing_by_class"]) == per_finding
+    assert sum(v["n"] for v in saved["box_control"].values()) == saved["localization"]["n_boxes"]
+    for v in saved["box_control"].values():
+        assert 0 < v["box_area"] < 1 and 0 <= v["p_drop_box"] <= 1
     # the learned-mask comprehensiveness agrees with preds.json from `infer` on the same model
     preds = infer_csv(str(trained64), str(phantom64["test"]), str(phantom64["images"]), str(tmp_path / "p.json"),
                       workers=0, progress=False)
@@ -81,3 +91,26 @@ def test_evaluate_without_boxes_has_null_localization(trained64, phantom64, tmp_
                             keep_ratios=(0.1,), n_examples=2, workers=0, progress=False)
     assert m["localization"] is None
     assert json.loads((tmp_path / "metrics.json").read_text())["localization"] is None
+
+
+def test_per_class_head_is_scored_per_pair_and_named_in_preds(phantom64, tmp_path):
+    from roi_consistency.config import TrainConfig
+    from roi_consistency.train import fit
+    cfg = TrainConfig(train_csv=str(phantom64["val"]), val_csv=None, image_root=str(phantom64["images"]),
+                      img_size=48, backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=2,
+                      lr=1e-3, workers=0, save=str(tmp_path / "pc.pt"), objective="two_stage", mask_start_epoch=1,
+                      mask_net="features", mask_head="per_class", evalx_weight=0.25, beta=2.0, gamma=0.0,
+                      fill="normal")
+    fit(cfg)
+    fill = torch.load(cfg.save, weights_only=True)["fill_image"]  # stored with the model, used by every stage
+    assert fill.shape == (1, 1, 48, 48) and 0 < fill.mean() < 1
+    m = evaluate_checkpoint(cfg.save, str(phantom64["test"]), str(phantom64["images"]),
+                            bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(tmp_path / "eval"),
+                            keep_ratios=(0.1,), n_examples=2, workers=0, progress=False)
+    assert m["mask_head"] == "per_class" and m["kept_fraction"]["learned"] == pytest.approx(0.1, abs=1e-3)
+    assert "normal" in m["fill"]
+    assert m["faithfulness"]["learned"]["comprehensiveness"]["0.1"] is not None
+    preds = infer_csv(cfg.save, str(phantom64["test"]), str(phantom64["images"]), str(tmp_path / "p.json"),
+                      workers=0, progress=False)["predictions"]
+    for p in preds[:10]:  # each image's mask explains its most probable class
+        assert p["mask_class"] == max(p["prob_full"], key=p["prob_full"].get)

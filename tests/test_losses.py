@@ -38,3 +38,46 @@ def test_standard_mode_output_has_only_bce():
                             {"alpha": 1.0, "beta": 1.0, "gamma": 1.0, "delta": 1.0})
     assert math.isclose(total.item(), math.log(2), rel_tol=1e-6)
     assert terms["consist"] == 0 and terms["tv"] == 0
+
+
+def test_classifier_stage_adds_weighted_bce_of_the_masked_images():
+    from roi_consistency.losses import classifier_stage_loss
+    full, masked = torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([[-1.0]])
+    y = torch.tensor([[1.0], [0.0], [1.0]])
+    total, terms = classifier_stage_loss({"full": full, "masked": masked}, y, 0.5)
+    assert math.isclose(terms["consist"].item(), -math.log(sig(-1.0)), rel_tol=1e-6)  # labels of image 0
+    assert math.isclose(total.item(), bce(full, y).item() + 0.5 * terms["consist"].item(), rel_tol=1e-6)
+
+
+def test_mask_stage_focus_limits_both_terms_to_the_explained_class():
+    from roi_consistency.losses import mask_stage_loss
+    full = torch.tensor([[2.0, 2.0]])
+    crop = torch.tensor([[2.0, -2.0]])  # the crop keeps class 0, loses class 1
+    drop = torch.tensor([[-1.0, 3.0]])
+    y = torch.tensor([[1.0, 1.0]])
+    w = {"alpha": 1.0, "beta": 1.0, "gamma": 0.0, "delta": 0.0}
+    out = {"full": full, "crop": crop, "drop": drop}
+    _, both = mask_stage_loss(out, y, w)
+    _, only0 = mask_stage_loss(out, y, w, torch.tensor([[1, 0]]))
+    assert math.isclose(both["consist"].item(), (sig(2) - sig(-2)) / 2, rel_tol=1e-6)
+    assert math.isclose(both["drop"].item(), (sig(-1) + sig(3)) / 2, rel_tol=1e-6)
+    assert only0["consist"].item() == 0.0
+    assert math.isclose(only0["drop"].item(), sig(-1), rel_tol=1e-6)
+
+
+def test_mask_stage_in_bce_space_is_kl_and_log_of_the_drop():
+    from roi_consistency.losses import mask_stage_loss
+    w = {"alpha": 1.0, "beta": 1.0, "gamma": 0.0, "delta": 0.0}
+    full, y = torch.tensor([[3.0, -2.0]]), torch.tensor([[1.0, 0.0]])
+    same = {"full": full, "crop": full.clone(), "drop": torch.tensor([[3.0, -5.0]])}
+    _, t = mask_stage_loss(same, y, w, space="bce")
+    assert abs(t["consist"].item()) < 1e-6  # KL is zero when the crop keeps p_full exactly
+    assert math.isclose(t["drop"].item(), -math.log(1 - sig(3.0)), rel_tol=1e-5)  # true finding only
+    # a missed finding (p_drop near 1) gets a far larger gradient than in probability space
+    grads = {}
+    for space in ("prob", "bce"):
+        drop = torch.tensor([[5.0, -5.0]], requires_grad=True)
+        loss, _ = mask_stage_loss({"full": full, "crop": full.clone(), "drop": drop}, y, w, space=space)
+        loss.backward()
+        grads[space] = drop.grad[0, 0].item()
+    assert grads["bce"] > 50 * grads["prob"] > 0

@@ -159,11 +159,16 @@ def test_feature_mask_net_reads_the_backbone_without_copying_it():
         make_feature_mask_net(Brightness())  # no recognisable feature stages
 
 
-def test_crop_and_drop_passes_leave_batchnorm_running_stats_to_full_images():
+def twin_backbones(n_classes: int):
+    """Two identical resnet18s: one inside the model, one to replay only the full image through."""
     torch.manual_seed(0)
-    backbone = build_backbone("resnet18", 14)
-    reference = build_backbone("resnet18", 14)
+    backbone, reference = build_backbone("resnet18", n_classes), build_backbone("resnet18", n_classes)
     reference.load_state_dict(backbone.state_dict())
+    return backbone, reference
+
+
+def test_crop_and_drop_passes_leave_batchnorm_running_stats_to_full_images():
+    backbone, reference = twin_backbones(14)
     model = ROIModel(backbone, MaskNet(), passes="separate").train()
     x = torch.rand(4, 1, 32, 32)
     model(x)
@@ -171,3 +176,110 @@ def test_crop_and_drop_passes_leave_batchnorm_running_stats_to_full_images():
     torch.testing.assert_close(backbone.bn1.running_mean, reference.bn1.running_mean)
     torch.testing.assert_close(backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
     assert backbone.bn1.momentum == 0.1  # restored
+
+
+class TwoRegionReader(nn.Module):
+    """A frozen two-class 'classifier': class 0's evidence is square A, class 1's is square B. Its
+    'feature maps' (what the features mask net reads) are the image plus pixel coordinates."""
+    A, B = (slice(4, 12), slice(4, 12)), (slice(20, 28), slice(20, 28))
+
+    def __init__(self):
+        super().__init__()
+        self.layer2, self.layer3, self.layer4 = nn.Identity(), nn.Identity(), nn.Identity()
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        f = torch.cat([x[:, :1], yy.expand(b, 1, h, w), xx.expand(b, 1, h, w)], 1)
+        self.layer4(self.layer3(self.layer2(f)))
+        return torch.stack([10 * x[:, :, self.A[0], self.A[1]].mean(dim=(1, 2, 3)) - 2,
+                            10 * x[:, :, self.B[0], self.B[1]].mean(dim=(1, 2, 3)) - 2], 1)
+
+
+def test_per_class_head_moves_each_class_mask_onto_its_own_evidence():
+    from roi_consistency.losses import mask_stage_loss
+    from roi_consistency.model import make_feature_mask_net
+    from roi_consistency.train import true_class
+    torch.manual_seed(0)
+    n = 24
+    y = torch.zeros(n, 2)
+    y[: n // 3, 0] = 1
+    y[n // 3: 2 * n // 3, 1] = 1
+    y[2 * n // 3:] = 1  # both findings: only the class decides which square the mask should keep
+    x = torch.rand(n, 1, 32, 32) * 0.3 + 0.35
+    A, B = TwoRegionReader.A, TwoRegionReader.B
+    x[:, :, A[0], A[1]] += 0.4 * y[:, 0].view(-1, 1, 1, 1)
+    x[:, :, B[0], B[1]] += 0.4 * y[:, 1].view(-1, 1, 1, 1)
+    backbone = TwoRegionReader()
+    model = ROIModel(backbone, make_feature_mask_net(backbone, out_channels=2), keep_ratio=64 / 1024,
+                     mask_norm="standardize").eval()
+    model.frozen_backbone = True
+    opt = torch.optim.Adam(model.mask_net.parameters(), lr=1e-2)
+    w = {"alpha": 1.0, "beta": 2.0, "gamma": 0.0, "delta": 0.0}
+
+    def share_inside(cls: int, square) -> float:
+        """Share of class `cls`'s mask inside `square`, on the images that have both findings."""
+        with torch.no_grad():
+            m = model(x[2 * n // 3:], cls=torch.full((n - 2 * n // 3,), cls))["mask"][:, 0].bool()
+        return m[:, square[0], square[1]].sum().item() / m.sum().item()
+
+    before = share_inside(0, A), share_inside(1, B)
+    for _ in range(80):
+        out = model(x, cls=true_class(y))
+        loss, _ = mask_stage_loss(out, y, w, torch.nn.functional.one_hot(out["explained"], 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert share_inside(0, A) > max(0.7, before[0] + 0.3)
+    assert share_inside(1, B) > max(0.7, before[1] + 0.3)
+    # with no class given, each image's mask explains its most probable class
+    out = model(x[:4])
+    assert out["explained"].tolist() == [0, 0, 0, 0]
+
+
+def test_evalx_pass_masks_only_the_first_images_and_keeps_bn_stats_for_full_images():
+    backbone, reference = twin_backbones(3)
+    model = ROIModel(backbone, MaskNet(), passes="auto").train()
+    x = torch.rand(6, 1, 32, 32)
+    out = model(x, keep_ratio=0.25, evalx=2)
+    assert out["full"].shape == (6, 3) and out["masked"].shape == (2, 3)
+    reference.train()(model.normalize(x))
+    torch.testing.assert_close(backbone.bn1.running_mean, reference.bn1.running_mean)
+    assert all(p.grad is None for p in model.mask_net.parameters())  # the mask net never ran
+
+
+def test_frozen_backbone_path_matches_the_plain_one_and_trains_only_the_mask():
+    from roi_consistency.config import TrainConfig
+    from roi_consistency.model import build_model
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(backbone="resnet18", pretrained=False, mask_net="features").to_dict()).eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        plain = model(x)
+    model.frozen_backbone = True
+    model.backbone.requires_grad_(False)
+    out = model(x)
+    for k in ("full", "crop", "drop"):
+        torch.testing.assert_close(out[k], plain[k], atol=1e-4, rtol=1e-4)
+    (out["crop"].sum() - out["drop"].sum()).backward()
+    assert model.mask_net.proj[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_normal_fill_puts_the_fill_image_where_pixels_are_removed():
+    model = ROIModel(Brightness(), MaskNet())
+    x = torch.rand(2, 1, 8, 8)
+    m = torch.zeros(2, 1, 8, 8)
+    m[:, :, 2:5, 3:6] = 1
+    xn = model.normalize(x)
+    crop, drop = model.crop_drop(xn, m)  # the reference: removed pixels are 0 (the ImageNet mean)
+    assert torch.equal(crop, xn * m) and torch.equal(drop, xn * (1 - m))
+    fill = torch.linspace(0, 1, 64).view(8, 8)
+    model.set_fill(fill)
+    crop, drop = model.crop_drop(xn, m)
+    fn = model.normalize(fill.view(1, 1, 8, 8))
+    inside = m.bool().expand_as(xn)
+    torch.testing.assert_close(crop[inside], xn[inside])
+    torch.testing.assert_close(crop[~inside], fn.expand_as(xn)[~inside])
+    torch.testing.assert_close(drop[inside], fn.expand_as(xn)[inside])
+    torch.testing.assert_close(drop[~inside], xn[~inside])

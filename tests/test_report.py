@@ -20,15 +20,23 @@ def _metrics(localization=True):
     faith = {name: {"comprehensiveness": {k: base * float(k) ** 0.3 for k in RATIOS},
                     "sufficiency": {k: 0.3 - base * float(k) for k in RATIOS}}
              for name, base in (("learned", 0.41234), ("gradcam", 0.3), ("random", 0.05))}
-    loc = {"n_boxes": 7, **{name: {"pointing_game": pg, "iobb_acc": {"0.1": 0.8, "0.25": 0.6, "0.5": 0.3}}
+    loc = {"n_boxes": 7, **{name: {"pointing_game": pg, "iobb_acc": {"0.1": 0.8, "0.25": 0.6, "0.5": 0.3},
+                                   "pointing_by_class": {"Mass": pg, "Nodule <b>": pg / 2}}
                             for name, pg in (("learned", 0.714), ("gradcam", 0.571), ("random", 0.143))}}
+    box_control = {"Mass": {"n": 4, "p_full": 0.9, "p_drop_box": 0.0421, "p_crop_box": 0.8, "box_area": 0.05},
+                   "Nodule <b>": {"n": 3, "p_full": 0.2, "p_drop_box": 0.19, "p_crop_box": 0.2, "box_area": 0.01}}
+    leak = {k: {"mean_auroc": v} for k, v in (("learned", 0.871), ("random", 0.5))}
+    boxed = {"n_images": 6, **{k: {"mean_auroc": v} for k, v in (("learned", 0.8), ("random", 0.5),
+                                                                   ("boxes", 0.9234))}}
     return {"n_images": 40, "classes": classes, "keep_ratio": 0.1, "checkpoint": "runs/x/<best>.pt",
             "fill": "ImageNet mean",
             "auroc": {k: {"Mass": v, "Nodule <b>": v - 0.1, "Hernia": None}
                       for k, v in (("full", 0.9123), ("crop", 0.8), ("drop", 0.6))},
             "mean_auroc": {"full": 0.8623, "crop": 0.75, "drop": 0.55},
             "kept_fraction": {"learned": 0.1, "gradcam": 0.1, "random": 0.1},
-            "faithfulness": faith, "localization": loc if localization else None}
+            "faithfulness": faith, "localization": loc if localization else None,
+            "box_control": box_control if localization else None, "leakage": leak,
+            "leakage_boxed": boxed if localization else None}
 
 
 def _roc():
@@ -78,6 +86,8 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "0.862" in text  # mean AUROC, full
     assert f"{0.41234 * 0.1 ** 0.3:.3f}" in text  # learned comprehensiveness at r = 0.1
     assert "0.714" in text  # pointing game, learned
+    assert "p, box removed" in text and "0.042" in text  # the true box as the region, per finding
+    assert "on the 6 boxed images" in text and "0.923" in text  # leakage with the boxes as reference
     assert "Nodule &lt;b&gt;" in text and "Nodule <b>" not in text
     assert "evil&lt;script&gt;.png" in text
     assert "runs/x/&lt;best&gt;.pt" in text
@@ -152,6 +162,18 @@ def test_screenshot(reports, tmp_path):
     assert png.stat().st_size > 0
     with Image.open(png) as im:
         assert im.size[0] == 900
+
+
+def test_screenshot_of_a_section_starts_there(reports, tmp_path):
+    _chromium_or_skip()
+    top = report.screenshot(reports[0], tmp_path / "top.png", width=900, height=500)
+    ex = report.screenshot(reports[0], tmp_path / "ex.png", width=900, height=500, section="examples")
+    with Image.open(top) as a, Image.open(ex) as b:
+        a, b = np.asarray(a.convert("L"), np.int16), np.asarray(b.convert("L"), np.int16)
+    assert a.shape == b.shape and np.abs(a - b).mean() > 5
+    assert b.std() > 20  # the examples' images are there, not a blank page
+    with pytest.raises(UserError, match="no section"):
+        report.screenshot(reports[1], tmp_path / "none.png", section="nowhere")
 
 
 def test_screenshot_without_chromium(reports, tmp_path, monkeypatch):

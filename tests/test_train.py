@@ -1,5 +1,6 @@
 """Training on CPU: a short run, exact resume, Ctrl+C, and DDP with two gloo processes."""
 import csv
+import math
 import os
 import signal
 import subprocess
@@ -93,7 +94,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(phantom64, tmp_path):
     assert "continue with --resume" in out
     ck = torch.load(save, weights_only=True)
     assert ck["step"] >= 1 and ck["epoch"] == 0
-    cfg = TrainConfig(resume=str(save), save=str(save), epochs=1, workers=0, max_steps=ck["step"] + 1)
+    cfg = TrainConfig(resume=str(save), save=str(save), epochs=50, workers=0, max_steps=ck["step"] + 1)
     assert fit(cfg)["step"] == ck["step"] + 1
 
 
@@ -105,8 +106,9 @@ def test_ddp_two_processes_on_cpu(phantom64, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     import json
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert r0["world"] == 2 and r0["step"] >= 2
-    assert r0["sha"] == r1["sha"]  # every rank ends with the same weights
+    n_train = sum(1 for _ in open(phantom64["train"])) - 1
+    assert r0["world"] == 2 and r0["step"] == 2 * math.ceil(math.ceil(n_train / 2 / 8) / 2)  # two epochs
+    assert r0["sha"] == r1["sha"]  # every rank ends with the same weights, through both stages
     n_val = sum(1 for _ in open(phantom64["val"])) - 1
     assert r0["n_val"] == n_val  # gathered across ranks, padding removed
     ck = torch.load(tmp_path / "ddp.pt", weights_only=True)
@@ -121,8 +123,10 @@ def test_two_stage_trains_classifier_then_only_the_mask(phantom64, tmp_path):
                     passes="fused", accum_steps=1)
     torch.manual_seed(cfg.seed)
     init = copy.deepcopy(build_model(cfg.to_dict()).state_dict())
-    stage1 = fit(small_cfg(phantom64, tmp_path / "s1", **{**cfg.__dict__, "epochs": 1,
+    one_epoch = math.ceil((sum(1 for _ in open(phantom64["train"])) - 1) / cfg.batch_size)
+    stage1 = fit(small_cfg(phantom64, tmp_path / "s1", **{**cfg.__dict__, "max_steps": one_epoch,
                                                             "save": str(tmp_path / "s1.pt")}))
+    assert stage1["epoch"] == 1 and stage1["step"] == one_epoch  # stopped where the mask stage begins
     full = fit(cfg)
     m1, m2 = stage1["model"], full["model"]
     # stage 1 moved the backbone but not the mask network
@@ -135,3 +139,30 @@ def test_two_stage_trains_classifier_then_only_the_mask(phantom64, tmp_path):
     assert any(not torch.equal(v, m1.mask_net.state_dict()[k]) for k, v in m2.mask_net.state_dict().items())
     assert best_path(cfg.save).is_file()  # the best checkpoint comes from the mask stage
     assert torch.load(best_path(cfg.save), weights_only=True)["epoch"] == 2
+
+
+def test_bad_mask_settings_are_refused_by_flag():
+    from roi_consistency.errors import UserError
+    from roi_consistency.model import build_model
+    from roi_consistency.train import check_config
+    with pytest.raises(UserError, match="--min-keep-ratio"):
+        check_config(TrainConfig(keep_ratio=0.1, min_keep_ratio=0.2))
+    with pytest.raises(UserError, match="--mask-start-epoch"):
+        check_config(TrainConfig(epochs=3, mask_start_epoch=3))
+    with pytest.raises(UserError, match="--weights"):
+        check_config(TrainConfig(epochs=3, mask_start_epoch=0))
+    assert TrainConfig(epochs=8).mask_start() == 5 and TrainConfig(epochs=2).mask_start() == 1
+    with pytest.raises(UserError, match="--mask-head per_class needs"):
+        build_model(TrainConfig(backbone="resnet18", pretrained=False, mask_net="tiny",
+                                mask_head="per_class").to_dict())
+
+
+def test_mask_stage_alone_against_a_classifier_from_weights(trained64, phantom64, tmp_path):
+    """--mask-start-epoch 0 with --weights: only the mask trains, against the given classifier."""
+    cfg = small_cfg(phantom64, tmp_path, epochs=1, mask_start_epoch=0, weights=str(trained64), img_size=48,
+                    accum_steps=1, val_csv=None)
+    given = torch.load(trained64, weights_only=True)["backbone"]
+    model = fit(cfg)["model"]
+    for k, v in model.backbone.state_dict().items():  # BatchNorm statistics included
+        assert torch.equal(v, given[k]), k
+    assert torch.load(cfg.save, weights_only=True)["fill_image"] is not None

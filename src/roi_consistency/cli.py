@@ -57,22 +57,36 @@ TRAIN_FLAGS = [
     ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
      "(torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning)"),
     ("mask_net", ["--mask-net", "--mask_net"], "mask network: tiny (the reference 3->16->32->1 convs, 7x7 view) "
-     "dilated (context of ~130 px), or features (a head on the classifier's own feature maps)"),
+     "dilated (context of ~130 px), features (a head on the classifier's own feature maps, strides 8-32) or "
+     "features_fine (strides 4-32, for small lesions)"),
+    ("mask_head", ["--mask-head"], "shared: one map per image; per_class: one map per class (features net), "
+     "each image's mask explaining one class: a true finding while training, the most probable one after"),
     ("mask_norm", ["--mask-norm"], "standardize the mask logits per image before the sigmoid, so the soft mask "
      "cannot saturate and the straight-through gradient keeps flowing; none = the reference"),
     ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),
+    ("fill", ["--fill"], "what removed pixels show: mean (the ImageNet mean grey; the reference) or normal (the "
+     "same pixel of the mean training image without findings, stored in the checkpoint)"),
     ("passes", ["--passes"], "backbone passes while training: fused = one call on [full; crop; drop], "
      "separate = three calls; auto = separate for BatchNorm backbones (batch statistics would mix)"),
-    ("mode", ["--mode"], "full, or an ablation/control: standard (no mask), random_mask, no_consist, "
-     "no_drop, no_sparse, no_tv"),
-    ("alpha", ["--alpha"], "weight of |p_full - p_crop|"),
-    ("beta", ["--beta"], "weight of relu(p_drop - p_full)"),
+    ("mode", ["--mode"], "full, or an ablation/control: standard (no mask), random_mask (these two train "
+     "jointly: there is no mask stage), no_consist, no_drop, no_sparse, no_tv"),
+    ("alpha", ["--alpha"], "weight of the crop term: |p_full - p_crop| (or its --mask-loss bce form)"),
+    ("beta", ["--beta"], "weight of the drop term: relu(p_drop - p_full) in joint training; p_drop of the true "
+     "findings (or -log(1 - p_drop)) in the two_stage mask stage"),
     ("gamma", ["--gamma"], "weight of mean(soft mask)"),
     ("delta", ["--delta"], "weight of the soft mask's total variation"),
     ("objective", ["--objective"], "joint: all terms from the start (the reference); two_stage: classifier first "
      "(full + random-mask images, label kept), then the mask network against the frozen classifier"),
-    ("mask_start_epoch", ["--mask-start-epoch"], "two_stage: the epoch (0-based) where mask training starts"),
-    ("evalx_weight", ["--evalx-weight"], "two_stage: weight of the random-mask BCE in the classifier stage"),
+    ("mask_start_epoch", ["--mask-start-epoch"], "two_stage: the epoch (0-based) where mask training starts "
+     "(None: about 5/8 of --epochs)"),
+    ("mask_loss", ["--mask-loss"], "two_stage: mask terms as |p_full - p_crop| and p_drop (prob) or as "
+     "KL(p_full||p_crop) and -log(1 - p_drop) (bce: no vanishing gradient where the sigmoid saturates)"),
+    ("min_keep_ratio", ["--min-keep-ratio"], "two_stage: each mask-stage batch draws its keep ratio between this "
+     "and --keep-ratio (log-uniform), so the map's top pixels, not just its top share, hold the evidence; "
+     "also the smallest random region of the classifier stage (log-uniform up to 60%%); "
+     "0 = always --keep-ratio (and 5-60%% uniform)"),
+    ("evalx_weight", ["--evalx-weight"], "two_stage: weight of the random-mask BCE in the classifier stage "
+     "(that share of each batch is shown again under a random mask)"),
     ("mask_lr", ["--mask-lr"], "two_stage: learning rate of the mask network (default: --lr)"),
     ("epochs", ["--epochs"], "number of epochs"),
     ("batch_size", ["--batch-size", "--batch_size"], "images per micro-batch per process"),
@@ -91,15 +105,19 @@ TRAIN_FLAGS = [
     ("tensorboard", ["--tensorboard"], "write TensorBoard scalars to this folder (needs tensorboard)"),
 ]
 CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
-           "mask_net": ("tiny", "dilated", "features"), "objective": ("joint", "two_stage"),
-           "mask_norm": ("standardize", "none")}
+           "mask_net": ("tiny", "dilated", "features", "features_fine"), "objective": ("joint", "two_stage"),
+           "mask_norm": ("standardize", "none"), "mask_head": ("shared", "per_class"),
+           "mask_loss": ("prob", "bce"), "fill": ("mean", "normal")}
+
+
+OPTIONAL_TYPES = {"max_steps": int, "mask_lr": float, "mask_start_epoch": int}  # flags whose default is None
 
 
 def _add_train_args(t: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for name, flags, text in TRAIN_FLAGS:
         default = getattr(defaults, name)
-        kind = type(default) if default is not None else {"max_steps": int, "mask_lr": float}.get(name, str)
+        kind = type(default) if default is not None else OPTIONAL_TYPES.get(name, str)
         t.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
                        help=f"{text} (default: {default})")
     t.add_argument("--preset", choices=list(PRESETS), default=argparse.SUPPRESS,
@@ -113,6 +131,9 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     t.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                    default=argparse.SUPPRESS, help="channels-last memory format (default: on for CUDA)")
+    t.add_argument("--device-transforms", dest="device_transforms", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help="with --cache: resize and augment whole batches on the device "
+                   "instead of per image in the loader workers (default: on for CUDA)")
     t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="torch.compile the training forward (default: off; see BENCHMARKS.md)")
     t.add_argument("--resume", nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH",
@@ -172,10 +193,22 @@ def _evaluate(a: argparse.Namespace) -> None:
         if loc:
             line += f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}"
         print(line)
+    control = m.get("box_control") or {}
+    if loc and control:
+        print("  per finding: pointing learned / gradcam; p_full -> p with the true box removed")
+        for c, bc in control.items():
+            pc = {k: loc[k]["pointing_by_class"].get(c) for k in ("learned", "gradcam")}
+            print(f"    {c:20s} {fmt(pc['learned'], '.2f')} / {fmt(pc['gradcam'], '.2f')}   "
+                  f"{bc['p_full']:.2f} -> {bc['p_drop_box']:.2f}  ({bc['n']} boxes)")
     leak = m.get("leakage") or {}
     if leak:
         print("  labels predicted from the mask alone (leakage, ~0.5 is good): "
               + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in leak.items() if v["mean_auroc"] is not None))
+    boxed = m.get("leakage_boxed") or {}
+    if boxed:
+        print(f"  the same on the {boxed['n_images']} boxed images, against the true boxes as the reference: "
+              + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in boxed.items()
+                          if isinstance(v, dict) and v["mean_auroc"] is not None))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
 
@@ -187,7 +220,7 @@ def _cache(a: argparse.Namespace) -> None:
 
 def _screenshot(a: argparse.Namespace) -> None:
     from roi_consistency.report import screenshot
-    print(screenshot(a.html, a.out, a.width, a.height))
+    print(screenshot(a.html, a.out, a.width, a.height, a.section))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("out", help="PNG file to write")
     sc.add_argument("--width", type=int, default=1280, help="viewport width in pixels")
     sc.add_argument("--height", type=int, default=3000, help="viewport height in pixels (the image's height)")
+    sc.add_argument("--section", choices=("headline", "auroc", "faithfulness", "localisation", "leakage", "examples"),
+                    help="start the view at this section of the report (default: the top)")
     sc.set_defaults(func=_screenshot)
     return p
 

@@ -29,23 +29,27 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None
     drop_path: float = 0.1
-    mask_net: str = "tiny"
+    mask_net: str = "features_fine"  # tiny (the reference) | dilated | features | features_fine
+    mask_head: str = "shared"  # shared: one map per image | per_class: one map per class (features net)
     mask_norm: str = "standardize"  # none (the reference) | standardize logits per image before the sigmoid
     keep_ratio: float = 0.1
+    fill: str = "normal"  # what removed pixels show: mean (ImageNet mean, the reference) | normal (mean normal image)
     passes: str = "auto"  # fused | separate | auto (separate for BatchNorm backbones while training)
-    # losses
+    # losses (the defaults are the two_stage method of EXPERIMENTS.md; `--preset seed` is the reference)
     mode: str = "full"
     alpha: float = 1.0
-    beta: float = 0.5
-    gamma: float = 1e-3
-    delta: float = 1e-4
+    beta: float = 2.0
+    gamma: float = 0.0
+    delta: float = 1e-3
     # joint: every term from the first step (the reference). two_stage: epochs before mask_start_epoch
     # train the classifier alone, on full images and on images under random masks of random size
     # (label kept, as in EVAL-X), so it learns what a masked image means; later epochs freeze it and
     # train only the mask network against it.
-    objective: str = "joint"
-    mask_start_epoch: int = 0
-    evalx_weight: float = 1.0
+    objective: str = "two_stage"
+    mask_start_epoch: int | None = None  # None: about 5/8 of the epochs (see mask_start)
+    evalx_weight: float = 0.25
+    mask_loss: str = "bce"  # two_stage mask terms in probability (prob) or cross-entropy (bce) space
+    min_keep_ratio: float | None = 0.02  # mask stage: keep ratio drawn per batch from [this, keep_ratio]
     mask_lr: float | None = None  # mask network's lr in the second stage (default: lr)
     # optimisation
     epochs: int = 8
@@ -60,6 +64,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, off for CPU
     channels_last: bool | None = None  # None: on for CUDA
+    device_transforms: bool | None = None  # None: on for CUDA when reading a --cache
     compile: bool = False  # torch.compile the training forward (see BENCHMARKS.md before turning it on)
     workers: int = 8
     save: str = "checkpoints/nih_roi_consistency.pt"
@@ -69,6 +74,18 @@ class TrainConfig:
     tensorboard: str | None = None
     resume: str | None = None
     preset: str | None = None
+
+    def __post_init__(self):
+        if self.mode in ("standard", "random_mask"):  # controls without a learned mask: no mask stage
+            self.objective = "joint"
+        if not self.min_keep_ratio:  # 0 on the command line: one fixed keep ratio
+            self.min_keep_ratio = None
+
+    def mask_start(self) -> int:
+        """two_stage: the first mask-stage epoch (0-based)."""
+        if self.mask_start_epoch is not None:
+            return self.mask_start_epoch
+        return max(1, min(self.epochs - 1, round(self.epochs * 5 / 8)))
 
     def loss_weights(self) -> dict[str, float]:
         """alpha/beta/gamma/delta after the --mode ablation switches its term off."""
@@ -87,22 +104,31 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A saved config. Settings a checkpoint predates take the values it was trained with (the
+        reference's), not today's defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
+
+
+# What a config saved before these settings existed meant (read by from_dict).
+LEGACY = {"fill": "mean", "mask_loss": "prob", "min_keep_ratio": None, "mask_head": "shared"}
 
 
 # Presets set a group of defaults; flags given on the command line still win.
 PRESETS: dict[str, dict] = {
     # The reference pipeline exactly as first written (issue text): tiny 3-layer mask net,
     # relu(p_drop - p_full), alpha..delta = 1, 0.5, 1e-3, 1e-4, ConvNeXt-Base at 224.
-    "seed": dict(backbone="convnext_base", mask_net="tiny", mask_norm="none", alpha=1.0, beta=0.5, gamma=1e-3,
-                 delta=1e-4, img_size=224, batch_size=8, accum_steps=2, epochs=8, lr=1e-4),
-    # A CPU run of a few minutes on the phantom data (./run_all.sh --demo).
-    "cpu-demo": dict(backbone="resnet18", pretrained=False, img_size=128, batch_size=32,
-                     accum_steps=1, epochs=4, lr=1e-3, workers=2, log_every=5),
-    # Real NIH training on one or more GPUs.
-    "nih": dict(backbone="convnext_base", pretrained=True, img_size=224, batch_size=32,
-                accum_steps=1, epochs=8, lr=1e-4, drop_path=0.1, workers=8),
+    "seed": dict(backbone="convnext_base", mask_net="tiny", mask_norm="none", fill="mean", objective="joint",
+                 alpha=1.0, beta=0.5, gamma=1e-3, delta=1e-4, img_size=224, batch_size=8, accum_steps=2, epochs=8,
+                 lr=1e-4),
+    # The phantom demo on a 2-core CPU (./run_all.sh --demo): the method's defaults on resnet18 from scratch
+    # at 144 px (small lesions need it), 5 classifier epochs then 2 mask epochs (EXPERIMENTS.md, cpu-demo).
+    "cpu-demo": dict(backbone="resnet18", pretrained=False, img_size=144, batch_size=32, accum_steps=1,
+                     epochs=7, mask_start_epoch=5, lr=1e-3, mask_lr=3e-3, workers=2, log_every=5),
+    # Real NIH training on GPUs: ConvNeXt-Base fine-tuned from ImageNet for 7 epochs, then 3 mask
+    # epochs against it; the mask head learns from scratch, hence its 10x learning rate.
+    "nih": dict(backbone="convnext_base", pretrained=True, img_size=224, batch_size=32, accum_steps=1,
+                epochs=10, mask_start_epoch=7, lr=1e-4, mask_lr=1e-3, drop_path=0.1, workers=8),
 }
 
 

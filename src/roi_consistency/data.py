@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
@@ -65,16 +66,60 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
         raise UserError(f"image {path} could not be decoded ({exc})") from None
 
 
+def aug_params(seed: int) -> list[float]:
+    """The five uniforms one sample's augmentation is drawn from (crop scale, aspect, top, left, angle)."""
+    return torch.rand(5, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _crop_box(u: list[float]) -> tuple[float, float, float, float]:
+    """Crop height, width (shares of the side; scale 0.85-1, aspect 0.9-1.1) and the share of the
+    free room above and left of it."""
+    scale, ratio = 0.85 + 0.15 * u[0], math.exp(math.log(0.9) + (math.log(1.1) - math.log(0.9)) * u[1])
+    return min(1.0, math.sqrt(scale / ratio)), min(1.0, math.sqrt(scale * ratio)), u[2], u[3]
+
+
 def augment(img: torch.Tensor, seed: int) -> torch.Tensor:
     """Random-resized crop (scale 0.85-1, aspect 0.9-1.1) and rotation of up to 5 degrees."""
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(5, generator=g).tolist()
+    u = aug_params(seed)
     _, h, w = img.shape
-    scale, ratio = 0.85 + 0.15 * u[0], math.exp(math.log(0.9) + (math.log(1.1) - math.log(0.9)) * u[1])
-    ch, cw = min(h, round(h * math.sqrt(scale / ratio))), min(w, round(w * math.sqrt(scale * ratio)))
-    top, left = int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1))
+    fh, fw, ft, fl = _crop_box(u)
+    ch, cw = min(h, round(h * fh)), min(w, round(w * fw))
+    top, left = int(ft * (h - ch + 1)), int(fl * (w - cw + 1))
     img = TF.resized_crop(img, top, left, ch, cw, [h, w], antialias=True)
     return TF.rotate(img, angle=(u[4] * 2 - 1) * 5.0, interpolation=TF.InterpolationMode.BILINEAR)
+
+
+def augment_batch(x: torch.Tensor, u: torch.Tensor, size: int) -> torch.Tensor:
+    """The device-side twin of the dataset's resize + `augment`, for a batch of raw cached rows:
+    uint8 [B,1,S,S] -> float [B,1,size,size] in [0,1]. An antialiased resize, then the crop and the
+    rotation as one affine resampling. u [B,5] holds each row's aug_params (on the CPU: the affine
+    matrices are built there and copied once); a NaN row is not augmented."""
+    x = x.float().div_(255.0)
+    u = u.cpu()
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    todo = ~torch.isnan(u[:, 0])
+    if not todo.any():
+        return x
+    # per row: rotation R (counter-clockwise on screen) in output space, then the crop box (scale S,
+    # centre c): source = c + S R q. Corners that the rotation brings in from outside the crop are
+    # black, as in `augment`, hence the rotation alone is also applied to an all-ones image.
+    rot = torch.zeros(len(x), 2, 3)
+    rot[:, 0, 0] = rot[:, 1, 1] = 1.0
+    theta = rot.clone()
+    for b in torch.nonzero(todo).flatten().tolist():  # a handful of scalars per image
+        fh, fw, ft, fl = _crop_box(u[b].tolist())
+        ch, cw = min(size, round(size * fh)), min(size, round(size * fw))  # the same whole pixels as augment
+        top, left = int(ft * (size - ch + 1)), int(fl * (size - cw + 1))
+        fh, fw, cy, cx = ch / size, cw / size, -1 + (2 * top + ch) / size, -1 + (2 * left + cw) / size
+        a = math.radians((float(u[b, 4]) * 2 - 1) * 5.0)
+        rot[b, :, :2] = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        theta[b] = torch.tensor([[fw * math.cos(a), -fw * math.sin(a), cx], [fh * math.sin(a), fh * math.cos(a), cy]])
+    rot, theta = rot.to(x.device, non_blocking=True), theta.to(x.device, non_blocking=True)
+    inside = F.grid_sample(torch.ones_like(x), F.affine_grid(rot, list(x.shape), align_corners=False),
+                           mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * inside
 
 
 class ImageCSVDataset(Dataset):
@@ -82,7 +127,7 @@ class ImageCSVDataset(Dataset):
     or (index, seed) pairs from SeededSampler; a seed switches augmentation on."""
 
     def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
-                 augment: bool = False, cache=None):
+                 augment: bool = False, cache=None, raw: bool = False):
         self.names, labels = read_label_csv(csv_path, classes)
         self.cache = cache  # an ImageCache: decoded rows instead of PNG files
         if cache is not None:
@@ -93,12 +138,21 @@ class ImageCSVDataset(Dataset):
         self.labels = labels if labels is not None else np.zeros((len(self.names), len(classes)), np.float32)
         self.has_labels = labels is not None
         self.root, self.size, self.augment = Path(image_root), img_size, augment
+        # raw: items carry the cached uint8 row and its augmentation parameters, (image, u), and
+        # `augment_batch` resizes and augments the whole batch on the device (a quarter of the bytes to
+        # copy, and no per-image resampling in the loader workers).
+        if raw and cache is None:
+            raise ValueError("raw items need a cache")
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
+        if self.raw:
+            u = aug_params(seed) if self.augment and seed is not None else [math.nan] * 5
+            return (self.cache.get(self.names[i]), torch.tensor(u)), torch.from_numpy(self.labels[i]), i
         if self.cache is not None:
             img = self.cache.get(self.names[i])
             if img.shape[-1] != self.size:  # the cache may be stored larger than the model input
@@ -130,3 +184,16 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.inner) - self.start)
+
+
+def normal_mean_image(ds: "ImageCSVDataset", limit: int = 2000, workers: int = 0) -> torch.Tensor:
+    """The pixel-wise mean of up to `limit` images with no finding (`--fill normal`): what a chest
+    without findings looks like at each place, to put where a region is removed."""
+    from torch.utils.data import DataLoader, Subset
+    rows = np.flatnonzero(ds.labels.sum(axis=1) == 0)[:limit].tolist()
+    if not rows:
+        raise UserError("--fill normal needs images without findings (Normal) in the training CSV")
+    total = torch.zeros(1, ds.size, ds.size, dtype=torch.float64)
+    for x, _, _ in DataLoader(Subset(ds, rows), batch_size=64, num_workers=workers):
+        total += x.double().sum(dim=0)
+    return (total / len(rows)).float()

@@ -24,7 +24,12 @@ from roi_consistency.data import ImageCSVDataset, load_image
 from roi_consistency.errors import UserError
 from roi_consistency.model import ROIModel, build_model
 
-FILL = "ImageNet mean intensity (0 after normalisation)"
+FILLS = {"mean": "ImageNet mean intensity (0 after normalisation)",
+         "normal": "the mean image of the training set's normal (no finding) images, pixel by pixel"}
+
+
+def fill_text(cfg: dict) -> str:
+    return FILLS[cfg.get("fill", "mean")]
 
 
 def pick_device(flag: str = "auto") -> torch.device:
@@ -40,6 +45,7 @@ def load_trained(path: str, device: torch.device) -> tuple[ROIModel, dict]:
     model = build_model(cfg, load_pretrained=False)
     model.backbone.load_state_dict(ckpt["backbone"])
     model.mask_net.load_state_dict(ckpt["mask_net"])
+    model.set_fill(ckpt.get("fill_image"))
     return model.to(device).eval(), cfg
 
 
@@ -47,10 +53,12 @@ def load_trained(path: str, device: torch.device) -> tuple[ROIModel, dict]:
 def score(model: ROIModel, x: torch.Tensor, keep_ratio: float) -> dict[str, torch.Tensor]:
     """Probabilities for full/crop/drop plus the mask logits and binary mask, in one backbone call."""
     xn = model.normalize(x)
-    logits, _, m = model.masks(xn, keep_ratio)
-    out = model.backbone(torch.cat([xn, xn * m, xn * (1 - m)])).float()
+    mk = model.masks(xn, keep_ratio)
+    m = mk["mask"]
+    out = model.backbone(torch.cat([xn, *model.crop_drop(xn, m)])).float()
     p_full, p_crop, p_drop = torch.sigmoid(out).chunk(3)
-    return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "mask_logits": logits, "xn": xn}
+    return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "mask_logits": mk["logits"], "xn": xn,
+            "explained": mk["explained"]}
 
 
 def to_gray(xn: torch.Tensor, model: ROIModel) -> np.ndarray:
@@ -85,8 +93,9 @@ def write_vis(vis_dir: str | Path, name: str, model: ROIModel, s: dict, i: int) 
     gray = to_gray(xn, model)
     heat = s["mask_logits"][i, 0].float().cpu().numpy() if s["mask_logits"] is not None else m
     save_png(overlay(gray, heat, m > 0.5), Path(vis_dir) / f"{stem}_overlay.png")
-    save_png(to_gray(xn * s["mask"][i], model), Path(vis_dir) / f"{stem}_crop.png")
-    save_png(to_gray(xn * (1 - s["mask"][i]), model), Path(vis_dir) / f"{stem}_drop.png")
+    crop, drop = model.crop_drop(xn[None], s["mask"][i][None])
+    save_png(to_gray(crop[0], model), Path(vis_dir) / f"{stem}_crop.png")
+    save_png(to_gray(drop[0], model), Path(vis_dir) / f"{stem}_drop.png")
 
 
 def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: list[str] | None) -> dict:
@@ -98,6 +107,8 @@ def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: li
     rec["prob_crop"] = dict(zip(classes, crop))
     rec["prob_drop"] = dict(zip(classes, drop))
     rec["faithfulness"] = {c: f - d for c, f, d in zip(classes, full, drop)}
+    if s.get("explained") is not None:  # per-class head: the mask shows the most probable class's region
+        rec["mask_class"] = classes[int(s["explained"][i])]
     return rec
 
 
@@ -131,7 +142,7 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
                     written += 1
             bar.update(len(idx))
     result = {"checkpoint": str(checkpoint), "classes": classes, "keep_ratio": r, "img_size": cfg["img_size"],
-              "fill": FILL, "predictions": preds}
+              "fill": fill_text(cfg), "predictions": preds}
     write_json(result, out)
     return result
 
@@ -148,11 +159,11 @@ def infer_image(checkpoint: str, image: str, keep_ratio: float | None = None, ou
     if save_mask:
         save_png((s["mask"][0, 0].cpu().numpy() * 255).astype(np.uint8), save_mask)
     if save_crop:
-        save_png(to_gray(s["xn"][0] * s["mask"][0], model), save_crop)
+        save_png(to_gray(model.crop_drop(s["xn"][:1], s["mask"][:1])[0][0], model), save_crop)
     if vis_dir:
         write_vis(vis_dir, Path(image).name, model, s, 0)
     result = {"checkpoint": str(checkpoint), "classes": classes, "keep_ratio": r, "img_size": cfg["img_size"],
-              "fill": FILL, "predictions": [rec]}
+              "fill": fill_text(cfg), "predictions": [rec]}
     if out:
         write_json(result, out)
     return result

@@ -55,27 +55,43 @@ def roi_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights: dict[s
 
 
 def classifier_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, evalx_weight: float):
-    """Stage 1 of two_stage: BCE on the full image plus BCE on the random-mask crop and drop with the
-    image's own labels (EVAL-X), so a masked image's prediction says what the visible pixels support."""
+    """Stage 1 of two_stage: BCE on the full image plus BCE on randomly masked copies of some images
+    with their own labels (EVAL-X), so a masked image's prediction says what the visible pixels
+    support. The masked BCE is logged in the "consist" column."""
     zero = out["full"].new_zeros((), dtype=torch.float32)
-    terms = {"bce": bce(out["full"], target), "consist": bce(out["crop"], target), "drop": bce(out["drop"], target),
-             "sparse": zero, "tv": zero}
-    total = terms["bce"] + evalx_weight * 0.5 * (terms["consist"] + terms["drop"])
-    if out.get("soft") is not None:  # keep the mask net in the graph (zero gradient) for DDP
-        total = total + 0.0 * out["soft"].sum()
+    terms = {"bce": bce(out["full"], target), "consist": zero, "drop": zero, "sparse": zero, "tv": zero}
+    if "masked" in out:
+        terms["consist"] = bce(out["masked"], target[: len(out["masked"])])
+    total = terms["bce"] + evalx_weight * terms["consist"]
     return total, {k: v.detach() for k, v in terms.items()}
 
 
-def mask_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights: dict[str, float]):
-    """Stage 2 of two_stage, against the frozen classifier: keeping the region keeps every prediction
+def mask_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights: dict[str, float],
+                    focus: torch.Tensor | None = None, space: str = "prob"):
+    """Stage 2 of two_stage, against the frozen classifier: keeping the region keeps the predictions
     (alpha * |p_full - p_crop|), and removing it removes the evidence of the true findings
     (beta * mean p_drop over true findings, rather than relu(p_drop - p_full), which is already
-    satisfied when p_drop <= p_full)."""
+    satisfied when p_drop <= p_full). focus [B,C] (0/1) limits both terms to the class each mask
+    explains (per-class head); None means every class.
+
+    space="bce" measures both terms as cross-entropies instead: KL(p_full || p_crop) and -log(1 - p_drop).
+    Their gradients do not fade where a sigmoid saturates, so a finding the mask still misses (p_drop
+    near p_full near 1, typically a small lesion) pulls hardest, where in probability space it pulls least."""
     p_full, p_crop, p_drop = (torch.sigmoid(out[k].float()) for k in ("full", "crop", "drop"))
-    pos = target.float()
-    drop_pos = (p_drop * pos).sum() / pos.sum().clamp(min=1.0)
+    f = torch.ones_like(p_full) if focus is None else focus.float()
+    pos = target.float() * f
+    if space == "bce":
+        q = p_full.detach()
+        entropy = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))  # autocast-safe, unlike F.bce
+        kl = F.binary_cross_entropy_with_logits(out["crop"].float(), q, reduction="none") - entropy  # 0 iff equal
+        drop_el = F.binary_cross_entropy_with_logits(out["drop"].float(), torch.zeros_like(q), reduction="none")
+        drop_pos = (drop_el * pos).sum() / pos.sum().clamp(min=1.0)
+        consist = (kl * f).sum() / f.sum().clamp(min=1.0)
+    else:
+        drop_pos = (p_drop * pos).sum() / pos.sum().clamp(min=1.0)
+        consist = ((p_full.detach() - p_crop).abs() * f).sum() / f.sum().clamp(min=1.0)
     zero = p_full.new_zeros(())
-    terms = {"bce": bce(out["full"], target).detach(), "consist": consistency(p_full.detach(), p_crop),
+    terms = {"bce": bce(out["full"], target).detach(), "consist": consist,
              "drop": drop_pos, "sparse": sparsity(out["soft"]) if out.get("soft") is not None else zero,
              "tv": total_variation(out["soft"]) if out.get("soft") is not None else zero}
     total = (weights["alpha"] * terms["consist"] + weights["beta"] * terms["drop"]

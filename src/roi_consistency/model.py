@@ -1,8 +1,11 @@
 """The ROI-consistency model: a torchvision backbone plus a small mask network.
 
 Input is a batch of one-channel images in [0, 1]. The model repeats them to three channels and
-normalises with the ImageNet mean/std, so a removed pixel (value 0 after normalisation) is filled
-with the ImageNet mean intensity, for `crop = x * m` and `drop = x * (1 - m)` alike.
+normalises with the ImageNet mean/std. A removed pixel takes the value of the fill: the ImageNet mean
+intensity (0 after normalisation, `--fill mean`, the reference: `crop = x * m`, `drop = x * (1 - m)`),
+or the same pixel of the mean normal training image (`--fill normal`: `crop = x*m + f*(1-m)`,
+`drop = x*(1-m) + f*m`), so that removing a region shows what a chest without findings has there
+instead of a flat grey patch, which in a lung looks like an opacity itself.
 
 The binary mask keeps exactly k = round(keep_ratio * H * W) pixels per image: we rank the mask
 logits and scatter ones at the top-k indices. A threshold at the k-th value would keep every tied
@@ -77,61 +80,69 @@ class DilatedMaskNet(nn.Module):
         return F.interpolate(self.net(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+# The stages the features mask nets read, coarse (strides 8-32) and fine (strides 4-32: small lesions
+# need the stride-4 stage, a nodule at 128 px being about one stride-8 cell).
 FEATURE_LAYERS = {"resnet": ("layer2", "layer3", "layer4"), "convnext": ("features.3", "features.5", "features.7")}
+FINE_LAYERS = {"resnet": ("layer1",), "convnext": ("features.1",)}
 
 
-def feature_layers(backbone: nn.Module) -> tuple[str, ...]:
+def feature_layers(backbone: nn.Module, fine: bool = False) -> tuple[str, ...]:
     names = {n for n, _ in backbone.named_modules()}
-    for layers in FEATURE_LAYERS.values():
+    for family, layers in FEATURE_LAYERS.items():
+        layers = FINE_LAYERS[family] + layers if fine else layers
         if all(n in names for n in layers):
             return layers
     raise UserError("--mask-net features supports ResNet and ConvNeXt backbones; use --mask-net dilated")
 
 
-def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...]) -> list[torch.Tensor]:
-    """The classifier's own feature maps at three depths (no gradient: the mask must not reshape them)."""
+def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...]):
+    """The classifier's own feature maps at three depths, and its logits on xn, which come free with
+    them (no gradient: the mask must not reshape the classifier)."""
     feats: dict[str, torch.Tensor] = {}
     hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
              for n in layers]
     try:
         with torch.no_grad():
-            backbone(xn)
+            out = backbone(xn)
     finally:
         for h in hooks:
             h.remove()
-    return [feats[n].float() for n in layers]
+    return [feats[n].float() for n in layers], out
 
 
 class FeatureMaskNet(nn.Module):
     """A mask head on the classifier's own features (three depths, 1x1 convs, summed at the finest
     of them, a 3x3 conv, upsampled to the input): the mask sees what the classifier sees. The backbone
-    is passed at call time, so its weights are not stored twice."""
+    is passed at call time, so its weights are not stored twice. With out_channels = number of classes
+    it draws one map per class (`--mask-head per_class`)."""
 
-    def __init__(self, channels: tuple[int, ...], width: int = 32):
+    def __init__(self, channels: tuple[int, ...], width: int = 32, out_channels: int = 1):
         super().__init__()
         self.proj = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(width, 1, 1))
+                                  nn.Conv2d(width, out_channels, 1))
         self.layers: tuple[str, ...] = ()
 
-    def forward(self, x: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
-        feats = backbone_features(backbone, x, self.layers)
+    def forward(self, x: torch.Tensor, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask logits [B,K,H,W], the backbone's logits on x)."""
+        feats, out = backbone_features(backbone, x, self.layers)
         size = feats[0].shape[-2:]
         z = sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p, f in zip(self.proj, feats))
-        return F.interpolate(self.head(z), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.head(z), size=x.shape[-2:], mode="bilinear", align_corners=False), out
 
 
-def make_feature_mask_net(backbone: nn.Module) -> FeatureMaskNet:
-    layers = feature_layers(backbone)
+def make_feature_mask_net(backbone: nn.Module, out_channels: int = 1, fine: bool = False) -> FeatureMaskNet:
+    layers = feature_layers(backbone, fine)
     was_training = backbone.training
-    feats = backbone_features(backbone.eval(), torch.zeros(1, 3, 64, 64), layers)  # probe channel counts
+    feats, _ = backbone_features(backbone.eval(), torch.zeros(1, 3, 64, 64), layers)  # probe channel counts
     backbone.train(was_training)
-    net = FeatureMaskNet(tuple(f.shape[1] for f in feats))
+    net = FeatureMaskNet(tuple(f.shape[1] for f in feats), out_channels=out_channels)
     net.layers = layers
     return net
 
 
-MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet, "features": make_feature_mask_net}
+MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet, "features": make_feature_mask_net,
+             "features_fine": lambda backbone, out_channels=1: make_feature_mask_net(backbone, out_channels, True)}
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -211,6 +222,11 @@ def frozen_bn_stats(module: nn.Module):
             m.momentum = mom
 
 
+def select_maps(maps: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """maps[b, cls[b]] as [B,1,H,W]."""
+    return maps.gather(1, cls.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:]))
+
+
 class ROIModel(nn.Module):
     """Backbone + mask network. forward() returns the three logits and the masks."""
 
@@ -224,52 +240,123 @@ class ROIModel(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         # BatchNorm in training mode would pool statistics over [full; crop; drop].
         self.fused_in_training = passes == "fused" or (passes == "auto" and not has_batchnorm(backbone))
+        # Set for the mask stage of two_stage training: the classifier is fixed, so the full image needs
+        # no graph and crop/drop need gradients only with respect to their pixels.
+        self.frozen_backbone = False
+        # [1,1,H,W] in [0,1] for --fill normal (set_fill); a buffer, so it follows .to(device), but not in
+        # the backbone/mask state dicts: checkpoints store it on its own.
+        self.register_buffer("fill_image", None, persistent=False)
+
+    def set_fill(self, image: torch.Tensor | None) -> None:
+        """The image whose pixels replace removed ones (None: the ImageNet mean, i.e. 0 after normalising)."""
+        self.fill_image = None if image is None else image.reshape(1, 1, *image.shape[-2:]).float().to(
+            self.mean.device)
+
+    def crop_drop(self, xn: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the region kept, the rest filled; the region filled, the rest kept), in normalised space."""
+        if self.fill_image is None:
+            return xn * m, xn * (1 - m)
+        f = self.fill_image
+        if f.shape[-2:] != xn.shape[-2:]:
+            f = F.interpolate(f, size=xn.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+        f = self.normalize(f).to(xn.dtype)
+        return xn * m + f * (1 - m), xn * (1 - m) + f * m
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
-    def mask_logits(self, xn: torch.Tensor) -> torch.Tensor:
-        """The learned map before the sigmoid, [B,1,H,W] float32."""
-        logits = (self.mask_net(xn, self.backbone) if isinstance(self.mask_net, FeatureMaskNet)
-                  else self.mask_net(xn)).float()
+    def mask_maps(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every learned map before the sigmoid, [B,K,H,W] float32 (K = 1 for a shared head, one per
+        class for a per-class head), and the backbone's logits on xn when the mask network computed
+        them on the way (the features net does), else None."""
+        if isinstance(self.mask_net, FeatureMaskNet):
+            maps, out = self.mask_net(xn, self.backbone)
+        else:
+            maps, out = self.mask_net(xn), None
+        maps = maps.float()
         if self.mask_norm == "standardize":
             # Rank is all top-k uses; standardising per image keeps the sigmoid out of saturation, where
             # the straight-through gradient would vanish (the whole mask drifting to 1.0).
-            mu, sd = logits.mean(dim=(2, 3), keepdim=True), logits.std(dim=(2, 3), keepdim=True)
-            logits = (logits - mu) / (sd + 1e-6)
-        return logits
+            mu, sd = maps.mean(dim=(2, 3), keepdim=True), maps.std(dim=(2, 3), keepdim=True)
+            maps = (maps - mu) / (sd + 1e-6)
+        return maps, out
 
-    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, random: bool = False):
-        """(mask logits or None, soft mask or None, binary mask with straight-through gradient)."""
+    def explain(self, xn: torch.Tensor, cls: torch.Tensor | None = None):
+        """(map [B,1,H,W] before the sigmoid, the class each map explains [B] or None for a shared head,
+        the backbone's logits on xn if they came free or were needed, else None). With a per-class head,
+        cls picks the class per image; None or -1 means the image's most probable class."""
+        maps, out = self.mask_maps(xn)
+        if maps.shape[1] == 1:
+            return maps, None, out
+        if out is None:
+            with torch.no_grad():
+                out = self.backbone(xn)
+        top = out.detach().float().argmax(1)
+        explained = top if cls is None else torch.where(cls >= 0, cls, top)
+        return select_maps(maps, explained), explained, out
+
+    def mask_logits(self, xn: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned map before the sigmoid, [B,1,H,W] float32 (see explain)."""
+        return self.explain(xn, cls)[0]
+
+    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None) -> dict:
+        """The learned map ("logits"), its sigmoid ("soft"), the binary mask with a straight-through
+        gradient ("mask"), the explained class and the free full-image logits (see explain)."""
         r = self.keep_ratio if keep_ratio is None else keep_ratio
-        if self.mode == "random_mask" or random:
-            logits = random_mask_logits(xn.shape, xn.device)
-            return None, None, topk_mask(logits, r)
-        logits = self.mask_logits(xn)
+        if self.mode == "random_mask":
+            m = topk_mask(random_mask_logits(xn.shape, xn.device), r)
+            return {"logits": None, "soft": None, "mask": m, "explained": None, "full": None}
+        logits, explained, out = self.explain(xn, cls)
         soft = torch.sigmoid(logits)
-        return logits, soft, straight_through(topk_mask(logits.detach(), r), soft)
+        return {"logits": logits, "soft": soft, "mask": straight_through(topk_mask(logits.detach(), r), soft),
+                "explained": explained, "full": out}
 
-    def forward(self, x: torch.Tensor, keep_ratio: float | None = None, random_mask: bool = False):
-        """{"full", "crop", "drop"} logits and the masks. random_mask=True uses a random mask of the same
-        area instead of the learned one (the classifier stage of two_stage training)."""
+    def forward(self, x: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None,
+                evalx: int | None = None):
+        """{"full", "crop", "drop"} logits and the masks. cls: the class each image's mask should explain
+        (per-class head). evalx (an int, 0 included) is the classifier stage of two_stage training instead:
+        logits for the full batch and for its first `evalx` images under random masks ("masked")."""
         xn = self.normalize(x)
+        if evalx is not None:
+            return self._evalx(xn, evalx, self.keep_ratio if keep_ratio is None else keep_ratio)
         if self.mode == "standard" and self.training:  # plain classifier: no mask work at all
             return {"full": self.backbone(xn)}
-        mask_logits, soft, m = self.masks(xn, keep_ratio, random=random_mask)
-        if random_mask and self.training:  # unused, but keeps DDP's graph complete
-            soft = torch.sigmoid(self.mask_logits(xn))
-        m = m.to(xn.dtype)
-        crop, drop = xn * m, xn * (1 - m)
-        if self.fused_in_training or not self.backbone.training:
+        mk = self.masks(xn, keep_ratio, cls)
+        m = mk["mask"].to(xn.dtype)
+        crop, drop = self.crop_drop(xn, m)
+        if self.frozen_backbone:
+            full_l = mk["full"]
+            if full_l is None:
+                with torch.no_grad():
+                    full_l = self.backbone(xn)
+            crop_l, drop_l = self.backbone(torch.cat([crop, drop])).chunk(2)
+        elif self.fused_in_training or not self.backbone.training:
             full_l, crop_l, drop_l = self.backbone(torch.cat([xn, crop, drop])).chunk(3)
         else:
             full_l = self.backbone(xn)
             with frozen_bn_stats(self.backbone):
                 crop_l, drop_l = self.backbone(crop), self.backbone(drop)
-        return {"full": full_l, "crop": crop_l, "drop": drop_l, "mask": m, "soft": soft,
-                "mask_logits": mask_logits}
+        return {"full": full_l, "crop": crop_l, "drop": drop_l, "mask": m, "soft": mk["soft"],
+                "mask_logits": mk["logits"], "explained": mk["explained"]}
+
+    def _evalx(self, xn: torch.Tensor, n: int, keep_ratio: float) -> dict:
+        """EVAL-X: the first n images again under a random mask of the given area, even ones kept
+        (crop) and odd ones removed (drop), so the classifier learns what a masked image shows. One
+        extra pass over n images, not two over the whole batch."""
+        if n == 0:
+            return {"full": self.backbone(xn)}
+        m = topk_mask(random_mask_logits(xn[:n].shape, xn.device), keep_ratio).to(xn.dtype)
+        keep = (torch.arange(n, device=xn.device) % 2 == 0).view(-1, 1, 1, 1)
+        masked = self.crop_drop(xn[:n], torch.where(keep, m, 1 - m))[0]
+        if self.fused_in_training:
+            full_l, masked_l = self.backbone(torch.cat([xn, masked])).split([len(xn), n])
+        else:
+            full_l = self.backbone(xn)
+            with frozen_bn_stats(self.backbone):
+                masked_l = self.backbone(masked)
+        return {"full": full_l, "masked": masked_l}
 
 
 def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
@@ -280,6 +367,10 @@ def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
                               pretrained=cfg["pretrained"] and load_pretrained,
                               weights=cfg["weights"] if load_pretrained else None,
                               drop_path=cfg["drop_path"])
-    mask_net = make_feature_mask_net(backbone) if cfg["mask_net"] == "features" else MASK_NETS[cfg["mask_net"]]()
+    on_features = cfg["mask_net"].startswith("features")
+    if cfg.get("mask_head", "shared") == "per_class" and not on_features:
+        raise UserError("--mask-head per_class needs --mask-net features or features_fine")
+    out_channels = len(cfg["classes"]) if cfg.get("mask_head") == "per_class" else 1
+    mask_net = MASK_NETS[cfg["mask_net"]](backbone, out_channels) if on_features else MASK_NETS[cfg["mask_net"]]()
     return ROIModel(backbone, mask_net, cfg["keep_ratio"], cfg["mode"], cfg["passes"],
                     cfg.get("mask_norm", "none"))

@@ -226,7 +226,7 @@ def _class_table(metrics: dict) -> str:
             + "".join(rows) + "</table>" + note)
 
 
-def _localization(loc: dict | None) -> str:
+def _localization(loc: dict | None, box_control: dict | None = None) -> str:
     if not loc:
         return ("<p>No bounding-box file was given to the evaluation, so localisation (pointing game, IoBB) "
                 "was not measured.</p>")
@@ -236,19 +236,47 @@ def _localization(loc: dict | None) -> str:
         iobb = m.get("iobb_acc") or {}
         rows.append(f"<tr><td>{name}</td><td>{_fmt(m.get('pointing_game'))}</td>"
                     + "".join(f"<td>{_fmt(iobb.get(t))}</td>" for t in ("0.1", "0.25", "0.5")) + "</tr>")
-    return (f"<p>{_esc(loc.get('n_boxes', '?'))} ground-truth boxes.</p>"
+    html = (f"<p>{_esc(loc.get('n_boxes', '?'))} ground-truth boxes.</p>"
             "<table><tr><th>map</th><th>pointing game</th><th>IoBB &gt; 0.1</th><th>IoBB &gt; 0.25</th>"
             "<th>IoBB &gt; 0.5</th></tr>" + "".join(rows) + "</table>")
+    found = list((loc.get("learned") or {}).get("pointing_by_class") or {})
+    if not found:
+        return html
+    control = box_control or {}
+    head = "".join(f"<th>pointing: {name}</th>" for name in MAPS)
+    rows = []
+    for c in found:
+        bc = control.get(c) or {}
+        rows.append(f"<tr><td>{_esc(c)}</td><td>{_esc(bc.get('n', ''))}</td>"
+                    + "".join(f"<td>{_fmt((loc.get(name) or {}).get('pointing_by_class', {}).get(c))}</td>"
+                              for name in MAPS)
+                    + "".join(f"<td>{_fmt(bc.get(k))}</td>" for k in ("p_full", "p_drop_box", "p_crop_box"))
+                    + "</tr>")
+    return html + ("<p>Per finding, and the true box itself as the region: the mean probability of the finding "
+                   "on the full image, with its box removed, and with only its box kept. Where removing the box "
+                   "does not lower the probability, the model does not rely on the box for that finding, and no "
+                   "map can be both faithful and inside it.</p>"
+                   f"<table><tr><th>finding</th><th>boxes</th>{head}<th>p full</th><th>p, box removed</th>"
+                   "<th>p, box only</th></tr>" + "".join(rows) + "</table>")
 
 
-def _leakage(leak: dict | None) -> str:
+def _leakage(leak: dict | None, boxed: dict | None = None) -> str:
     if not leak:
         return ""
-    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_fmt((v or {}).get('mean_auroc'))}</td></tr>" for k, v in leak.items())
-    return ("<h2>Leakage check</h2><p>How well the labels can be predicted from the binary mask alone (logistic "
+    boxed = boxed or {}
+    ref = {k: v for k, v in boxed.items() if isinstance(v, dict)}
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_fmt((leak.get(k) or {}).get('mean_auroc'))}</td>"
+                   + (f"<td>{_fmt((ref.get(k) or {}).get('mean_auroc'))}</td>" if ref else "") + "</tr>"
+                   for k in list(leak) + [k for k in ref if k not in leak])
+    extra = (f"<th>on the {boxed['n_images']} boxed images</th>" if ref else "")
+    note = (" Where findings sit in typical places, even a perfect localiser gives the label away: the last "
+            "column compares the masks with the ground-truth boxes themselves on the images that have boxes; a "
+            "mask well above the boxes encodes more than where the evidence is." if ref else "")
+    return ("<h2 id='leakage'>Leakage check</h2><p>How well the labels can be predicted from the binary mask "
+            "alone (logistic "
             "regression on the mask pooled to 16×16, cross-validated). Near 0.5 is good; far above the random mask "
-            "means the mask's shape encodes the answer instead of pointing at evidence.</p>"
-            "<table><tr><th>map</th><th>mean AUROC from the mask alone</th></tr>" + rows + "</table>")
+            "means the mask's shape encodes the answer instead of pointing at evidence." + note + "</p>"
+            "<table><tr><th>map</th><th>mean AUROC from the mask alone</th>" + extra + "</tr>" + rows + "</table>")
 
 
 def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
@@ -274,14 +302,15 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
                             for ex in examples) or "<p>No examples.</p>"
     body = [
         f"<h1>{_esc(title)}</h1><p class='meta'>{meta}</p><div class='howto'>{howto}</div>",
-        "<h2>Headline numbers</h2>", _headline(metrics),
-        "<h2>Per-class AUROC</h2>", _class_table(metrics), _img(_roc_figure(roc or {}), "ROC curves"),
-        "<h2>Faithfulness vs keep ratio</h2>",
+        "<h2 id='headline'>Headline numbers</h2>", _headline(metrics),
+        "<h2 id='auroc'>Per-class AUROC</h2>", _class_table(metrics), _img(_roc_figure(roc or {}), "ROC curves"),
+        "<h2 id='faithfulness'>Faithfulness vs keep ratio</h2>",
         _img(_faithfulness_figure(metrics.get("faithfulness") or {}, r), "faithfulness curves",
              f"Dotted vertical line: the evaluation keep ratio r = {r:g}."),
-        "<h2>Localisation</h2>", _localization(metrics.get("localization")),
-        _leakage(metrics.get("leakage")),
-        "<h2>Examples</h2>",
+        "<h2 id='localisation'>Localisation</h2>",
+        _localization(metrics.get("localization"), metrics.get("box_control")),
+        _leakage(metrics.get("leakage"), metrics.get("leakage_boxed")),
+        "<h2 id='examples'>Examples</h2>",
         "<p>Green: ground-truth boxes. Colour: the map (jet, red = high). White outline: the kept top-r region.</p>",
         examples_html,
     ]
@@ -303,8 +332,9 @@ def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def screenshot(html_path, png_path, width: int = 1280, height: int = 3000) -> Path:
-    """Render `html_path` to a `width`x`height` PNG with headless Chromium and return the PNG's Path."""
+def screenshot(html_path, png_path, width: int = 1280, height: int = 3000, section: str | None = None) -> Path:
+    """Render `html_path` to a `width`x`height` PNG with headless Chromium and return the PNG's Path;
+    `section` (headline, auroc, faithfulness, localisation, leakage, examples) starts the view there."""
     exe = find_chromium()
     if exe is None:
         raise UserError("no Chromium found for the screenshot: install Debian's chromium package "
@@ -316,6 +346,14 @@ def screenshot(html_path, png_path, width: int = 1280, height: int = 3000) -> Pa
     png.unlink(missing_ok=True)
     # A fresh profile each time: no first-run state, no lock clash with a running browser.
     with tempfile.TemporaryDirectory(prefix="roi-chromium-") as profile:
+        if section:  # a copy of the page that starts at the section (scrolling to an anchor is not reliable)
+            html = src.read_text(encoding="utf-8")
+            head, _, body = html.partition("<body>")
+            at = body.find(f"<h2 id='{section}'>")
+            if at < 0:
+                raise UserError(f"{src}: no section {section!r} in this report")
+            src = Path(profile) / "section.html"
+            src.write_text(head + "<body>\n" + body[at:], encoding="utf-8")
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import best_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from roi_consistency.config import TrainConfig
-from roi_consistency.data import ImageCSVDataset, SeededSampler
+from roi_consistency.data import ImageCSVDataset, SeededSampler, augment_batch, normal_mean_image
 from roi_consistency.errors import UserError
 from roi_consistency.losses import TERMS, classifier_stage_loss, mask_stage_loss, roi_loss
 from roi_consistency.metrics import mean_auroc, per_class_auroc
@@ -136,9 +138,9 @@ class Trainer:
         self.model: ROIModel = build_model(cfg.to_dict(), load_pretrained=not resuming).to(rt.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        mask_learns = cfg.mode not in ("standard", "random_mask") and any(
+        self.mask_learns = cfg.mode not in ("standard", "random_mask") and any(
             self.weights[k] > 0 for k in ("alpha", "beta", "gamma", "delta"))
-        self.model.mask_net.requires_grad_(mask_learns)  # DDP must not wait for unused parameters
+        self.model.mask_net.requires_grad_(self.mask_learns)  # DDP must not wait for unused parameters
         torch.manual_seed(cfg.seed + rt.rank)  # but independent drop-path/random-mask noise per rank
         groups = [{"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
                   {"params": [p for p in self.model.mask_net.parameters() if p.requires_grad],
@@ -154,7 +156,15 @@ class Trainer:
         """joint, or for two_stage: classifier (before mask_start_epoch), then mask."""
         if self.cfg.objective != "two_stage":
             return "joint"
-        return "classifier" if epoch < self.cfg.mask_start_epoch else "mask"
+        return "classifier" if epoch < self.cfg.mask_start() else "mask"
+
+    def set_phase(self, phase: str) -> None:
+        """Only the part that learns in this phase keeps requires_grad: the classifier stage never runs
+        the mask network, and the mask stage needs gradients for the input pixels only, not for the
+        frozen classifier's weights (about a third of its backward pass)."""
+        self.model.backbone.requires_grad_(phase != "mask")
+        self.model.mask_net.requires_grad_(self.mask_learns and phase != "classifier")
+        self.model.frozen_backbone = phase == "mask"
 
     def attach_schedule(self, steps_per_epoch: int) -> None:
         """Warm-up + cosine per parameter group over the steps where that group trains, 0 elsewhere."""
@@ -166,7 +176,7 @@ class Trainer:
             return lambda s: lr_factor(s - start, n, warm) if start <= s < end else 0.0
 
         if cfg.objective == "two_stage":
-            split = steps_per_epoch * cfg.mask_start_epoch
+            split = steps_per_epoch * cfg.mask_start()
             by_group = {"backbone": span(0, split), "mask": span(split, total)}
         else:
             by_group = {"backbone": span(0, total), "mask": span(0, total)}
@@ -178,11 +188,13 @@ class Trainer:
                 "classes": list(self.cfg.classes), "config": self.cfg.to_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "best_metric": self.best, "rng": self.boundary_rng, "history": self.history}
+                "best_metric": self.best, "rng": self.boundary_rng, "history": self.history,
+                "fill_image": None if m.fill_image is None else m.fill_image.cpu()}
 
     def load(self, ckpt: dict) -> None:
         self.model.backbone.load_state_dict(ckpt["backbone"])
         self.model.mask_net.load_state_dict(ckpt["mask_net"])
+        self.model.set_fill(ckpt.get("fill_image"))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
@@ -194,8 +206,14 @@ class Trainer:
         if self.rt.main:
             save_checkpoint(self.state(), path)
 
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.rt.device, non_blocking=True)
+    def to_device(self, x) -> torch.Tensor:
+        """A loader batch as model input. Raw cached rows, (uint8 images, augmentation parameters), are
+        copied as bytes and resized and augmented here, on the device."""
+        if isinstance(x, (list, tuple)):
+            img, u = x  # the parameters stay on the host, where the affine matrices are built
+            x = augment_batch(img.to(self.rt.device, non_blocking=True), u, self.cfg.img_size)
+        else:
+            x = x.to(self.rt.device, non_blocking=True)
         return x.to(memory_format=torch.channels_last) if self.channels_last else x
 
     def autocast(self):
@@ -215,6 +233,28 @@ def should_stop(tr: Trainer, stop: StopFlag) -> bool:
     flag = torch.tensor([float(stop.set)], device=tr.rt.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def log_uniform(lo: float, hi: float) -> float:
+    return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(()).item())
+
+
+def true_class(y: torch.Tensor) -> torch.Tensor:
+    """One of each image's true findings at random, -1 where there is none (per-class mask head:
+    the class that image's mask is trained to explain)."""
+    has = y.sum(1) > 0
+    pick = torch.multinomial(y.float() + (~has).float()[:, None], 1).squeeze(1)
+    return torch.where(has, pick, torch.full_like(pick, -1))
+
+
+def wrap(tr: Trainer, phase: str):
+    """The model as the loop calls it: DDP and torch.compile wrappers, built for the phase's trainable
+    parameters (DDP registers exactly those, so it is rebuilt when the phase changes)."""
+    tr.set_phase(phase)
+    m = tr.model
+    if tr.rt.ddp:
+        m = DDP(m, device_ids=[tr.rt.local_rank] if tr.rt.device.type == "cuda" else None)
+    return torch.compile(m) if tr.cfg.compile else m  # checkpoints still come from the plain tr.model
 
 
 def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: StopFlag) -> bool:
@@ -248,12 +288,17 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
         with sync:
             with tr.autocast():
                 yd = y.to(tr.rt.device, non_blocking=True)
-                if phase == "classifier":  # EVAL-X: a random mask of random size, label kept
-                    r = 0.05 + 0.55 * torch.rand(()).item()
-                    loss, terms = classifier_stage_loss(ddp_model(tr.to_device(x), keep_ratio=r, random_mask=True),
+                if phase == "classifier":  # EVAL-X: random masks of a random size, label kept
+                    r = (log_uniform(cfg.min_keep_ratio, 0.6) if cfg.min_keep_ratio
+                         else 0.05 + 0.55 * torch.rand(()).item())
+                    n = min(len(y), math.ceil(cfg.evalx_weight * len(y)))
+                    loss, terms = classifier_stage_loss(ddp_model(tr.to_device(x), keep_ratio=r, evalx=n),
                                                         yd, cfg.evalx_weight)
                 elif phase == "mask":
-                    loss, terms = mask_stage_loss(ddp_model(tr.to_device(x)), yd, tr.weights)
+                    r = log_uniform(cfg.min_keep_ratio, cfg.keep_ratio) if cfg.min_keep_ratio else None
+                    out = ddp_model(tr.to_device(x), keep_ratio=r, cls=true_class(y).to(tr.rt.device))
+                    focus = None if out["explained"] is None else F.one_hot(out["explained"], y.shape[1])
+                    loss, terms = mask_stage_loss(out, yd, tr.weights, focus, cfg.mask_loss)
                 else:
                     loss, terms = roi_loss(ddp_model(tr.to_device(x)), yd, tr.weights)
             (loss / window).backward()
@@ -261,14 +306,11 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
         sums += step_terms
         epoch_sums += step_terms
         n_sum, n_epoch = n_sum + 1, n_epoch + 1
-        seen += x.shape[0] * tr.rt.world
+        seen += len(y) * tr.rt.world
         b += 1
         bar.update(1)
         if not last:
             continue
-        if phase == "classifier":  # the mask net only rode along for DDP: no AdamW state for zero grads
-            for p in tr.model.mask_net.parameters():
-                p.grad = None
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
         tr.scheduler.step()
@@ -295,16 +337,19 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
 def evaluate(model: ROIModel, loader, tr: Trainer) -> dict:
     """Validation loss, per-class and mean AUROC (full image), and the mask's kept fraction."""
     model.eval()
+    # The classifier stage of two_stage has no trained mask yet: score the full image only.
+    full_only = tr.phase(tr.epoch) == "classifier"
     probs, labels, idx, loss_sum, kept_sum, n = [], [], [], 0.0, 0.0, 0
     for x, y, i in tqdm(loader, desc="validate", unit="batch", disable=not tr.rt.main, leave=False):
         with tr.autocast():
-            out = model(tr.to_device(x))
+            xd = tr.to_device(x)
+            out = {"full": model.backbone(model.normalize(xd))} if full_only else model(xd)
             loss, _ = roi_loss(out, y.to(tr.rt.device), tr.weights)
         probs.append(torch.sigmoid(out["full"].float()).cpu())
         labels.append(y)
         idx.append(i)
         loss_sum += float(loss) * len(y)
-        kept_sum += float(out["mask"].float().mean()) * len(y)
+        kept_sum += float(out["mask"].float().mean()) * len(y) if not full_only else 0.0
         n += len(y)
     local = (torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(idx).numpy(), loss_sum, kept_sum, n)
     parts = [local]
@@ -318,7 +363,7 @@ def evaluate(model: ROIModel, loader, tr: Trainer) -> dict:
     per_class = per_class_auroc(y[first], p[first], tr.cfg.classes)
     total_n = sum(q[5] for q in parts)
     return {"val_loss": sum(q[3] for q in parts) / total_n, "val_mean_auroc": mean_auroc(per_class),
-            "kept_fraction": sum(q[4] for q in parts) / total_n, "auroc": per_class,
+            "kept_fraction": None if full_only else sum(q[4] for q in parts) / total_n, "auroc": per_class,
             "n_val": int(len(first))}
 
 
@@ -334,6 +379,14 @@ def append_log(path: str, row: dict, classes: list[str]) -> None:
         w.writerow(row)
 
 
+def fill_from_weights(path: str | None) -> torch.Tensor | None:
+    """The fill image stored in a checkpoint of this tool given as --weights (None otherwise)."""
+    if not path:
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    return ck.get("fill_image") if isinstance(ck, dict) else None
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings that would crash mid-run, naming the flag."""
     if not 0 < cfg.keep_ratio < 1:
@@ -342,8 +395,18 @@ def check_config(cfg: TrainConfig) -> None:
                         ("--log-every", cfg.log_every), ("--epochs", cfg.epochs), ("--img-size", cfg.img_size)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
-    if cfg.objective == "two_stage" and cfg.mode in ("standard", "random_mask"):
-        raise UserError(f"--objective two_stage trains a mask: it does not combine with --mode {cfg.mode}")
+    if cfg.objective == "two_stage" and not any(v > 0 for v in cfg.loss_weights().values()):
+        raise UserError("--objective two_stage: every mask term has weight 0 (--alpha/--beta/--gamma/--delta, "
+                        "--mode), so the mask stage would have nothing to learn")
+    if (cfg.objective == "two_stage" and cfg.min_keep_ratio is not None
+            and not 0 < cfg.min_keep_ratio <= cfg.keep_ratio):
+        raise UserError(f"--min-keep-ratio must be in (0, --keep-ratio={cfg.keep_ratio}], got {cfg.min_keep_ratio}")
+    if cfg.objective == "two_stage" and not 0 <= cfg.mask_start() < cfg.epochs:
+        raise UserError(f"--objective two_stage needs a mask stage: --mask-start-epoch ({cfg.mask_start()}) "
+                        f"must be below --epochs ({cfg.epochs})")
+    if cfg.objective == "two_stage" and cfg.mask_start() == 0 and not cfg.weights:
+        raise UserError("--mask-start-epoch 0 trains only the mask, against a classifier that must come from "
+                        "--weights (e.g. an earlier checkpoint of this tool)")
 
 
 def fit(cfg: TrainConfig) -> dict:
@@ -360,10 +423,15 @@ def fit(cfg: TrainConfig) -> dict:
         keep.update({k: getattr(cfg, k) for k in ("train_csv", "val_csv", "image_root", "cache")
                      if getattr(cfg, k) != getattr(defaults, k)})
         cfg = TrainConfig.from_dict({**resume_ckpt["config"], **keep})
+    if cfg.objective == "two_stage" and cfg.mask_start_epoch is None:
+        # fixed now (and saved), so a resume with other --epochs keeps the stage boundary
+        cfg = dataclasses.replace(cfg, mask_start_epoch=cfg.mask_start())
     check_config(cfg)
     cache = ImageCache(cfg.cache, cfg.img_size) if cfg.cache else None
-    train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cfg.augment, cache)
-    val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache) \
+    raw = cache is not None and (cfg.device_transforms if cfg.device_transforms is not None
+                                 else rt.device.type == "cuda")
+    train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cfg.augment, cache, raw)
+    val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache, raw=raw) \
         if cfg.val_csv else None
     for ds in (train_ds, val_ds):
         if ds is not None and not ds.has_labels:
@@ -372,6 +440,11 @@ def fit(cfg: TrainConfig) -> dict:
         print(f"train: {len(train_ds)} images ({cfg.train_csv}); val: {len(val_ds) if val_ds else 0} images; "
               f"{cfg.backbone} at {cfg.img_size}px, mode {cfg.mode}, device {rt.device}, {rt.world} process(es)")
     tr = Trainer(cfg, rt, resuming=resume_ckpt is not None)
+    if cfg.fill == "normal" and resume_ckpt is None:
+        tr.model.set_fill(fill_from_weights(cfg.weights))  # a classifier of ours keeps the fill it learnt with
+        if tr.model.fill_image is None:  # every rank computes the same image
+            plain = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache)
+            tr.model.set_fill(normal_mean_image(plain, workers=min(cfg.workers, 8)))
     sampler = SeededSampler(len(train_ds), rt.world, rt.rank, shuffle=True, seed=cfg.seed)
     micro_total = math.ceil(len(sampler.inner) / cfg.batch_size)
     tr.attach_schedule(math.ceil(micro_total / cfg.accum_steps))
@@ -379,10 +452,7 @@ def fit(cfg: TrainConfig) -> dict:
         tr.load(resume_ckpt)
         if rt.main:
             print(f"resumed from {cfg.resume}: epoch {tr.epoch + 1}, batch {tr.batch_in_epoch}, step {tr.step}")
-    ddp_model = DDP(tr.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) \
-        if rt.ddp else tr.model
-    if cfg.compile:  # compile after DDP wrapping; checkpoints still come from the plain tr.model
-        ddp_model = torch.compile(ddp_model)
+    ddp_model, wrapped_for = None, None
     val_loader = make_loader(val_ds, SeededSampler(len(val_ds), rt.world, rt.rank, shuffle=False),
                              cfg.batch_size * 2, cfg.workers, rt.device) if val_ds else None
     log_csv = cfg.log_csv or os.path.splitext(cfg.save)[0] + ".log.csv"
@@ -397,6 +467,9 @@ def fit(cfg: TrainConfig) -> dict:
         while tr.epoch < cfg.epochs:
             t_epoch = time.perf_counter()
             sampler.set_epoch(tr.epoch, start=tr.batch_in_epoch * cfg.batch_size)
+            if tr.phase(tr.epoch) != wrapped_for:
+                wrapped_for = tr.phase(tr.epoch)
+                ddp_model = wrap(tr, wrapped_for)
             finished = train_one_epoch(tr, ddp_model, train_loader, micro_total, stop)
             if not finished:
                 tr.save(cfg.save)
@@ -427,10 +500,10 @@ def fit(cfg: TrainConfig) -> dict:
                     for k, v in row.items():
                         if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                             tb.add_scalar(k, v, tr.step)
-                auc = metrics.get("val_mean_auroc")
+                auc, kept = metrics.get("val_mean_auroc"), metrics.get("kept_fraction")
                 print(f"epoch {tr.epoch}: train loss {tr.last_train.get('loss', float('nan')):.4f}, "
                       f"val loss {metrics.get('val_loss', float('nan')):.4f}, val mean AUROC "
-                      f"{'n/a' if auc is None else f'{auc:.4f}'}, kept {metrics.get('kept_fraction', 0):.4f}")
+                      f"{'n/a' if auc is None else f'{auc:.4f}'}, kept {'n/a' if kept is None else f'{kept:.4f}'}")
     if tb:
         tb.close()
     if rt.main:
