@@ -7,7 +7,7 @@
 1. Loader: images/s at batch 32, same worker count, decoding 1024-px PNGs + resize vs the uint8 cache;
    and for training batches, resize + augmentation per image in the workers vs per batch on the device.
 2. Training step: samples/s, fused [full; crop; drop] call vs three calls, channels-last on/off,
-   torch.compile on/off.
+   torch.compile on/off; the variants take turns over three rounds and the median counts.
 3. Peak memory: process RSS, and CUDA max allocated where there is a GPU.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -95,8 +96,9 @@ def bench_loader(work: Path, n_images: int, src_size: int, img_size: int, worker
             "augment_in_workers_images_per_s": aug_workers, "augment_on_device_images_per_s": aug_device}
 
 
-def step_rate(backbone: str, size: int, batch: int, passes: str, channels_last: bool, compile_: bool,
-              steps: int, device: torch.device, bf16: bool) -> float:
+def make_step(backbone: str, size: int, batch: int, passes: str, channels_last: bool, compile_: bool,
+              device: torch.device, bf16: bool):
+    """A warmed-up training step (model, optimizer and batch built once) as a closure."""
     torch.manual_seed(0)
     # the joint step of the reference (full, crop and drop, all with gradients): what fusing can speed up
     cfg = TrainConfig(backbone=backbone, pretrained=False, img_size=size, passes=passes, drop_path=0.0,
@@ -119,6 +121,10 @@ def step_rate(backbone: str, size: int, batch: int, passes: str, channels_last: 
 
     for _ in range(2 if not compile_ else 3):  # warm-up (and compilation)
         step()
+    return step
+
+
+def timed(step, steps: int, batch: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -129,17 +135,25 @@ def step_rate(backbone: str, size: int, batch: int, passes: str, channels_last: 
     return batch * steps / (time.perf_counter() - t0)
 
 
-def bench_steps(configs, steps: int, device: torch.device, compile_: bool) -> list[dict]:
+def bench_steps(configs, steps: int, device: torch.device, compile_: bool, repeats: int = 3) -> list[dict]:
+    """samples/s per variant: the variants of a config take turns, `repeats` rounds, and the median
+    counts, so a slow spell of a shared machine hits them all alike instead of one of them."""
     rows = []
     for backbone, size, batch in configs:
         bf16 = device.type == "cuda"
         variants = [("fused", True, False), ("separate", True, False), ("fused", False, False)]
         if compile_:
             variants.append(("fused", True, True))
-        for passes, cl, comp in variants:
-            rate = step_rate(backbone, size, batch, passes, cl, comp, steps, device, bf16)
+        steppers = [make_step(backbone, size, batch, p, cl, comp, device, bf16) for p, cl, comp in variants]
+        rates = [[] for _ in variants]
+        for _ in range(repeats):
+            for k, step in enumerate(steppers):
+                rates[k].append(timed(step, steps, batch, device))
+        for (passes, cl, comp), r in zip(variants, rates):
             rows.append({"backbone": backbone, "size": size, "batch": batch, "passes": passes,
-                         "channels_last": cl, "compile": comp, "samples_per_s": rate})
+                         "channels_last": cl, "compile": comp, "samples_per_s": float(np.median(r)),
+                         "rounds": [round(v, 2) for v in r]})
+        del steppers
     return rows
 
 
@@ -165,7 +179,7 @@ def main() -> None:
            "torch": torch.__version__, "quick": a.quick}
     with tempfile.TemporaryDirectory() as tmp:
         out["loader"] = bench_loader(Path(tmp), *loader_args, workers=a.workers, device=device)
-    out["steps"] = bench_steps(configs, steps, device, a.compile)
+    out["steps"] = bench_steps(configs, steps, device, a.compile, repeats=1 if a.quick else 3)
     fused = [r for r in out["steps"] if r["passes"] == "fused" and r["channels_last"] and not r["compile"]]
     sep = [r for r in out["steps"] if r["passes"] == "separate"]
     out["fused_speedup_vs_three_calls"] = min(f["samples_per_s"] / s["samples_per_s"] for f, s in zip(fused, sep))
