@@ -80,16 +80,15 @@ def mask_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights:
     p_full, p_crop, p_drop = (torch.sigmoid(out[k].float()) for k in ("full", "crop", "drop"))
     f = torch.ones_like(p_full) if focus is None else focus.float()
     pos = target.float() * f
-    if space == "bce":
-        q = p_full.detach()
+    q = p_full.detach()
+    if space == "bce":  # per (image, class): KL(p_full || p_crop) and -log(1 - p_drop)
         entropy = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))  # autocast-safe, unlike F.bce
-        kl = F.binary_cross_entropy_with_logits(out["crop"].float(), q, reduction="none") - entropy  # 0 iff equal
+        consist_el = F.binary_cross_entropy_with_logits(out["crop"].float(), q, reduction="none") - entropy
         drop_el = F.binary_cross_entropy_with_logits(out["drop"].float(), torch.zeros_like(q), reduction="none")
-        drop_pos = (drop_el * pos).sum() / pos.sum().clamp(min=1.0)
-        consist = (kl * f).sum() / f.sum().clamp(min=1.0)
-    else:
-        drop_pos = (p_drop * pos).sum() / pos.sum().clamp(min=1.0)
-        consist = ((p_full.detach() - p_crop).abs() * f).sum() / f.sum().clamp(min=1.0)
+    else:  # |p_full - p_crop| and p_drop
+        consist_el, drop_el = (q - p_crop).abs(), p_drop
+    consist = (consist_el * f).sum() / f.sum().clamp(min=1.0)
+    drop_pos = (drop_el * pos).sum() / pos.sum().clamp(min=1.0)
     zero = p_full.new_zeros(())
     terms = {"bce": bce(out["full"], target).detach(), "consist": consist,
              "drop": drop_pos, "sparse": sparsity(out["soft"]) if out.get("soft") is not None else zero,

@@ -297,10 +297,6 @@ class ROIModel(nn.Module):
         explained = top if cls is None else torch.where(cls >= 0, cls, top)
         return select_maps(maps, explained), explained, out
 
-    def mask_logits(self, xn: torch.Tensor, cls: torch.Tensor | None = None) -> torch.Tensor:
-        """The learned map before the sigmoid, [B,1,H,W] float32 (see explain)."""
-        return self.explain(xn, cls)[0]
-
     def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None) -> dict:
         """The learned map ("logits"), its sigmoid ("soft"), the binary mask with a straight-through
         gradient ("mask"), the explained class and the free full-image logits (see explain)."""
