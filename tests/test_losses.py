@@ -81,3 +81,24 @@ def test_mask_stage_in_bce_space_is_kl_and_log_of_the_drop():
         loss.backward()
         grads[space] = drop.grad[0, 0].item()
     assert grads["bce"] > 50 * grads["prob"] > 0
+
+
+def test_mask_stage_in_odds_space_scores_removal_relative_to_the_full_image():
+    from roi_consistency.losses import mask_stage_loss
+    w = {"alpha": 0.0, "beta": 1.0, "gamma": 0.0, "delta": 0.0}
+    # two true findings, a faint one (p_full 0.27) and an obvious one (0.99); the mask removed neither
+    full, y = torch.tensor([[-1.0, 4.6]]), torch.tensor([[1.0, 1.0]])
+    _, t = mask_stage_loss({"full": full, "crop": full.clone(), "drop": full.clone()}, y, w, space="odds")
+    assert math.isclose(t["drop"].item(), math.log(2), rel_tol=1e-5)  # log(1 + odds ratio 1)
+    grads = {}
+    for space in ("bce", "odds"):
+        drop = full.clone().requires_grad_(True)
+        loss, _ = mask_stage_loss({"full": full, "crop": full.clone(), "drop": drop}, y, w, space=space)
+        loss.backward()
+        grads[space] = drop.grad[0].tolist()
+    faint, obvious = grads["odds"]
+    assert math.isclose(faint, obvious, rel_tol=1e-5) and faint > 0  # the same pull whatever p_full
+    assert grads["bce"][1] > 3 * grads["bce"][0]  # where -log(1 - p_drop) favours the obvious finding
+    # removing the faint finding's evidence (its logit 4 lower) lowers the term as much as for the obvious one
+    _, t2 = mask_stage_loss({"full": full, "crop": full.clone(), "drop": full - 4.0}, y, w, space="odds")
+    assert math.isclose(t2["drop"].item(), math.log1p(math.exp(-4.0)), rel_tol=1e-5)

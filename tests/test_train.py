@@ -166,3 +166,30 @@ def test_mask_stage_alone_against_a_classifier_from_weights(trained64, phantom64
     for k, v in model.backbone.state_dict().items():  # BatchNorm statistics included
         assert torch.equal(v, given[k]), k
     assert torch.load(cfg.save, weights_only=True)["fill_image"] is not None
+
+
+def test_progressive_resizing_grows_the_classifier_input_then_holds(phantom64, tmp_path, monkeypatch):
+    """--img-size-start: classifier epochs see inputs growing to --img-size; the mask stage sees --img-size."""
+    from roi_consistency.errors import UserError
+    from roi_consistency.train import Trainer, check_config
+    seen: dict[int, set] = {}
+    to_device = Trainer.to_device
+
+    def spy(self, x, size=None):
+        out = to_device(self, x, size)
+        if self.model.training:
+            seen.setdefault(self.epoch, set()).add(tuple(out.shape[-2:]))
+        return out
+
+    monkeypatch.setattr(Trainer, "to_device", spy)
+    cfg = small_cfg(phantom64, tmp_path, objective="two_stage", epochs=4, mask_start_epoch=3, img_size=48,
+                    img_size_start=32, accum_steps=1, max_steps=None)
+    result = fit(cfg)
+    assert seen == {0: {(32, 32)}, 1: {(40, 40)}, 2: {(48, 48)}, 3: {(48, 48)}}
+    assert result["metrics"]["kept_fraction"] == pytest.approx(round(0.1 * 48 * 48) / (48 * 48))
+    with pytest.raises(UserError, match="--img-size-start"):
+        check_config(TrainConfig(img_size=64, img_size_start=16))
+    # a start at or above --img-size (e.g. a preset's, under a smaller --img-size) means no ramp
+    import types
+    flat = types.SimpleNamespace(cfg=TrainConfig(img_size=64, img_size_start=128, epochs=4, mask_start_epoch=3))
+    assert [Trainer.input_size(flat, e) for e in range(4)] == [64] * 4

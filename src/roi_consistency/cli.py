@@ -51,6 +51,8 @@ TRAIN_FLAGS = [
     ("val_csv", ["--val-csv", "--val_csv"], "validation CSV, evaluated after every epoch"),
     ("image_root", ["--image-root", "--image_root"], "folder holding the images named in the CSVs"),
     ("img_size", ["--img-size", "--img_size"], "side of the square model input in pixels"),
+    ("img_size_start", ["--img-size-start"], "progressive resizing: the first epoch's input size, growing "
+     "linearly to --img-size over the epochs that train the classifier (0, or --img-size or more: off)"),
     ("cache", ["--cache"], "read images from a cache built by `roi-consistency cache` instead of PNGs"),
     ("backbone", ["--backbone"], "any torchvision classification model name (resnet18 is fast on CPU)"),
     ("weights", ["--weights"], "local state dict to initialise the backbone (instead of downloading)"),
@@ -80,7 +82,9 @@ TRAIN_FLAGS = [
     ("mask_start_epoch", ["--mask-start-epoch"], "two_stage: the epoch (0-based) where mask training starts "
      "(None: about 5/8 of --epochs)"),
     ("mask_loss", ["--mask-loss"], "two_stage: mask terms as |p_full - p_crop| and p_drop (prob) or as "
-     "KL(p_full||p_crop) and -log(1 - p_drop) (bce: no vanishing gradient where the sigmoid saturates)"),
+     "KL(p_full||p_crop) and -log(1 - p_drop) (bce: no vanishing gradient where the sigmoid saturates), "
+     "or KL and log(1 + odds(p_drop)/odds(p_full)) (odds: removal scored relative to the full image, so "
+     "faint findings pull as hard as obvious ones)"),
     ("min_keep_ratio", ["--min-keep-ratio"], "two_stage: each mask-stage batch draws its keep ratio between this "
      "and --keep-ratio (log-uniform), so the map's top pixels, not just its top share, hold the evidence; "
      "also the smallest random region of the classifier stage (log-uniform up to 60%%); "
@@ -107,10 +111,11 @@ TRAIN_FLAGS = [
 CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
            "mask_net": ("tiny", "dilated", "features", "features_fine"), "objective": ("joint", "two_stage"),
            "mask_norm": ("standardize", "none"), "mask_head": ("shared", "per_class"),
-           "mask_loss": ("prob", "bce"), "fill": ("mean", "normal")}
+           "mask_loss": ("prob", "bce", "odds"), "fill": ("mean", "normal")}
 
 
-OPTIONAL_TYPES = {"max_steps": int, "mask_lr": float, "mask_start_epoch": int}  # flags whose default is None
+# flags whose default is None
+OPTIONAL_TYPES = {"img_size_start": int, "max_steps": int, "mask_lr": float, "mask_start_epoch": int}
 
 
 def _add_train_args(t: argparse.ArgumentParser) -> None:
@@ -130,7 +135,7 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--bf16", dest="bf16", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     t.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
-                   default=argparse.SUPPRESS, help="channels-last memory format (default: on for CUDA)")
+                   default=argparse.SUPPRESS, help="channels-last memory format (default: on)")
     t.add_argument("--device-transforms", dest="device_transforms", action=argparse.BooleanOptionalAction,
                    default=argparse.SUPPRESS, help="with --cache: resize and augment whole batches on the device "
                    "instead of per image in the loader workers (default: on for CUDA)")

@@ -22,6 +22,9 @@ class TrainConfig:
     image_root: str = "images"
     cache: str | None = None  # a folder made by `roi-consistency cache`
     img_size: int = 224
+    # progressive resizing: the epochs that train the classifier grow its input linearly from this size
+    # to img_size (the mask stage, validation, infer and evaluate always use img_size); None: off
+    img_size_start: int | None = None
     classes: list[str] = field(default_factory=lambda: list(FINDINGS))
     augment: bool = True
     # model
@@ -48,7 +51,7 @@ class TrainConfig:
     objective: str = "two_stage"
     mask_start_epoch: int | None = None  # None: about 5/8 of the epochs (see mask_start)
     evalx_weight: float = 0.25
-    mask_loss: str = "bce"  # two_stage mask terms in probability (prob) or cross-entropy (bce) space
+    mask_loss: str = "bce"  # two_stage mask terms in probability (prob), cross-entropy (bce) or odds-ratio (odds) space
     min_keep_ratio: float | None = 0.02  # mask stage: keep ratio drawn per batch from [this, keep_ratio]
     mask_lr: float | None = None  # mask network's lr in the second stage (default: lr)
     # optimisation
@@ -63,7 +66,7 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     bf16: bool | None = None  # None: on for CUDA, off for CPU
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on (CUDA and CPU)
     device_transforms: bool | None = None  # None: on for CUDA when reading a --cache
     compile: bool = False  # torch.compile the training forward (see BENCHMARKS.md before turning it on)
     workers: int = 8
@@ -122,9 +125,10 @@ PRESETS: dict[str, dict] = {
                  alpha=1.0, beta=0.5, gamma=1e-3, delta=1e-4, img_size=224, batch_size=8, accum_steps=2, epochs=8,
                  lr=1e-4),
     # The phantom demo on a 2-core CPU (./run_all.sh --demo): the method's defaults on resnet18 from scratch
-    # at 144 px (small lesions need it), 5 classifier epochs then 2 mask epochs (EXPERIMENTS.md, cpu-demo).
-    "cpu-demo": dict(backbone="resnet18", pretrained=False, img_size=144, batch_size=32, accum_steps=1,
-                     epochs=7, mask_start_epoch=5, lr=1e-3, mask_lr=3e-3, workers=2, log_every=5),
+    # at 160 px (small lesions need it), batch 16; 7 classifier epochs growing from 128 px (progressive
+    # resizing buys the 7th epoch), then 1 mask epoch (EXPERIMENTS.md, cpu-demo).
+    "cpu-demo": dict(backbone="resnet18", pretrained=False, img_size=160, img_size_start=128, batch_size=16,
+                     accum_steps=1, epochs=8, mask_start_epoch=7, lr=1e-3, mask_lr=3e-3, workers=2, log_every=10),
     # Real NIH training on GPUs: ConvNeXt-Base fine-tuned from ImageNet for 7 epochs, then 3 mask
     # epochs against it; the mask head learns from scratch, hence its 10x learning rate.
     "nih": dict(backbone="convnext_base", pretrained=True, img_size=224, batch_size=32, accum_steps=1,

@@ -46,7 +46,8 @@ def load_trained(path: str, device: torch.device) -> tuple[ROIModel, dict]:
     model.backbone.load_state_dict(ckpt["backbone"])
     model.mask_net.load_state_dict(ckpt["mask_net"])
     model.set_fill(ckpt.get("fill_image"))
-    return model.to(device).eval(), cfg
+    # channels-last weights make every conv run channels-last (faster on CUDA and CPU alike)
+    return model.to(device, memory_format=torch.channels_last).eval(), cfg
 
 
 @torch.no_grad()

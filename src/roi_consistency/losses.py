@@ -76,15 +76,21 @@ def mask_stage_loss(out: dict[str, torch.Tensor], target: torch.Tensor, weights:
 
     space="bce" measures both terms as cross-entropies instead: KL(p_full || p_crop) and -log(1 - p_drop).
     Their gradients do not fade where a sigmoid saturates, so a finding the mask still misses (p_drop
-    near p_full near 1, typically a small lesion) pulls hardest, where in probability space it pulls least."""
+    near p_full near 1, typically a small lesion) pulls hardest, where in probability space it pulls least.
+
+    space="odds" keeps that consistency term and scores removal relative to the full image:
+    log(1 + odds(p_drop) / odds(p_full)), i.e. softplus(logit_drop - logit_full). A missed finding pulls
+    with the same strength whatever the classifier's confidence in it, so a faint lesion (p_full 0.3)
+    counts as much as an obvious one (p_full 0.99), where -log(1 - p_drop) pulls in proportion to p_drop."""
     p_full, p_crop, p_drop = (torch.sigmoid(out[k].float()) for k in ("full", "crop", "drop"))
     f = torch.ones_like(p_full) if focus is None else focus.float()
     pos = target.float() * f
     q = p_full.detach()
-    if space == "bce":  # per (image, class): KL(p_full || p_crop) and -log(1 - p_drop)
+    if space in ("bce", "odds"):  # per (image, class): KL(p_full || p_crop), then the removal term
         entropy = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))  # autocast-safe, unlike F.bce
         consist_el = F.binary_cross_entropy_with_logits(out["crop"].float(), q, reduction="none") - entropy
-        drop_el = F.binary_cross_entropy_with_logits(out["drop"].float(), torch.zeros_like(q), reduction="none")
+        z_drop = out["drop"].float() - (out["full"].float().detach() if space == "odds" else 0.0)
+        drop_el = F.softplus(z_drop)  # -log(1 - sigmoid(z_drop))
     else:  # |p_full - p_crop| and p_drop
         consist_el, drop_el = (q - p_crop).abs(), p_drop
     consist = (consist_el * f).sum() / f.sum().clamp(min=1.0)
