@@ -13,10 +13,15 @@ from roi_consistency.infer import load_trained
 from roi_consistency.metrics import mean_auroc, per_class_auroc
 
 
+def demo_test_set(demo_dir: str, cfg: dict) -> ImageCSVDataset:
+    """The test split of a demo-layout folder, read from its 256-px cache at the checkpoint's size."""
+    return ImageCSVDataset(f"{demo_dir}/csv/nih_roi_test.csv", f"{demo_dir}/phantom/images", cfg["img_size"],
+                           cfg["classes"], cache=ImageCache(f"{demo_dir}/cache256"))
+
+
 def main(checkpoint: str, demo_dir: str) -> None:
     model, cfg = load_trained(checkpoint, torch.device("cpu"))
-    ds = ImageCSVDataset(f"{demo_dir}/csv/nih_roi_test.csv", f"{demo_dir}/phantom/images", cfg["img_size"],
-                         cfg["classes"], cache=ImageCache(f"{demo_dir}/cache256"))
+    ds = demo_test_set(demo_dir, cfg)
     probs, labels = [], []
     with torch.no_grad():
         for x, y, _ in torch.utils.data.DataLoader(ds, batch_size=64):

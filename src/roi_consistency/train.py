@@ -228,7 +228,7 @@ class Trainer:
             x = augment_batch(img.to(self.rt.device, non_blocking=True), u, size)
         else:
             x = x.to(self.rt.device, non_blocking=True)
-            if x.shape[-1] != size:
+            if x.shape[-1] != size:  # a progressive-resizing epoch: the workers' fixed size, resized again
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return x.to(memory_format=torch.channels_last) if self.channels_last else x
 
