@@ -25,7 +25,8 @@ def main(checkpoint: str, demo_dir: str, finding: str = "Nodule") -> None:
     rows = [i for i, n in enumerate(ds.names) if boxes.get(n)]
     x = torch.stack([ds[i][0] for i in rows])
     with torch.no_grad():
-        maps = model.mask_maps(model.normalize(x))[0][:, 0].numpy()
+        cls = torch.full((len(rows),), cfg["classes"].index(finding))  # a class-specific map: the finding's
+        maps = model.explain(model.normalize(x), cls)[0][:, 0].numpy()
     share, single, peaks = [], [], Counter()
     for m, i in zip(maps, rows):
         with Image.open(f"{demo_dir}/phantom/images/{ds.names[i]}") as im:

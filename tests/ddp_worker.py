@@ -12,10 +12,11 @@ from roi_consistency.train import fit
 
 out_dir, train_csv, val_csv, images = sys.argv[1:5]
 # two_stage: a classifier epoch, then a mask epoch, so DDP is rebuilt for the mask stage's parameters
+# (the default features_grad per-class head: ranks train different numbers of (image, finding) pairs)
 cfg = TrainConfig(train_csv=train_csv, val_csv=val_csv, image_root=images, img_size=48, backbone="resnet18",
                   pretrained=False, batch_size=8, accum_steps=2, epochs=2, max_steps=None, lr=1e-3,
                   workers=0, save=os.path.join(out_dir, "ddp.pt"), log_every=1, objective="two_stage",
-                  mask_start_epoch=1, mask_net="features", mask_head="per_class", min_keep_ratio=0.05,
+                  mask_start_epoch=1, mask_net="features_grad", mask_head="per_class", min_keep_ratio=0.05,
                   evalx_weight=0.25, alpha=1.0, beta=2.0, gamma=0.0, delta=1e-3)
 result = fit(cfg)
 h = hashlib.sha256()

@@ -7,6 +7,7 @@ from torch import nn
 
 from roi_consistency.evaluate import evaluate_checkpoint, gradcam_maps, read_boxes
 from roi_consistency.infer import infer_csv
+from roi_consistency.metrics import per_class_auroc
 
 
 class BrightDark(nn.Module):
@@ -77,11 +78,18 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
     assert sum(v["n"] for v in saved["box_control"].values()) == saved["localization"]["n_boxes"]
     for v in saved["box_control"].values():
         assert 0 < v["box_area"] < 1 and 0 <= v["p_drop_box"] <= 1
-    # the learned-mask comprehensiveness agrees with preds.json from `infer` on the same model
+    # The per-image learned mask is the one `infer` applies (one map per image: the most probable class's,
+    # named in preds.json), so evaluate's drop and crop AUROC equal those of preds.json's probabilities.
+    # (Comprehensiveness instead scores each finding with its own map, as Grad-CAM.)
     preds = infer_csv(str(trained64), str(phantom64["test"]), str(phantom64["images"]), str(tmp_path / "p.json"),
                       workers=0, progress=False)
-    diffs = [p["faithfulness"][c] for p in preds["predictions"] for c in p["labels"]]
-    assert saved["faithfulness"]["learned"]["comprehensiveness"]["0.1"] == pytest.approx(np.mean(diffs), abs=1e-5)
+    classes = saved["classes"]
+    y = np.array([[c in p["labels"] for c in classes] for p in preds["predictions"]], dtype=float)
+    assert all(p["mask_class"] in classes for p in preds["predictions"])
+    for key in ("drop", "crop"):
+        probs = np.array([[p[f"prob_{key}"][c] for c in classes] for p in preds["predictions"]])
+        for c, v in per_class_auroc(y, probs, classes).items():
+            assert saved["auroc"][key][c] == (None if v is None else pytest.approx(v, abs=1e-4)), (key, c)
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Localisation" in html
 

@@ -58,11 +58,14 @@ TRAIN_FLAGS = [
     ("weights", ["--weights"], "local state dict to initialise the backbone (instead of downloading)"),
     ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
      "(torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning)"),
-    ("mask_net", ["--mask-net", "--mask_net"], "mask network: tiny (the reference 3->16->32->1 convs, 7x7 view) "
-     "dilated (context of ~130 px), features (a head on the classifier's own feature maps, strides 8-32) or "
-     "features_fine (strides 4-32, for small lesions)"),
-    ("mask_head", ["--mask-head"], "shared: one map per image; per_class: one map per class (features net), "
-     "each image's mask explaining one class: a true finding while training, the most probable one after"),
+    ("mask_net", ["--mask-net", "--mask_net"], "mask network: tiny (the reference 3->16->32->1 convs, 7x7 view), "
+     "dilated (context of ~130 px), features (a head on the classifier's own feature maps, strides 8-32), "
+     "features_fine (strides 4-32, for small lesions) or features_grad (features_fine that also reads the "
+     "classifier's gradient x (input - fill) for the class it explains, so its maximum lands on small "
+     "lesions; one map per (image, class))"),
+    ("mask_head", ["--mask-head"], "shared: one head for every class; per_class: one map per class (features "
+     "nets); auto: per_class for the features nets, else shared. A class-specific map is trained on every "
+     "(image, true finding) pair and drawn for the most probable class in infer"),
     ("mask_norm", ["--mask-norm"], "standardize the mask logits per image before the sigmoid, so the soft mask "
      "cannot saturate and the straight-through gradient keeps flowing; none = the reference"),
     ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),
@@ -109,8 +112,9 @@ TRAIN_FLAGS = [
     ("tensorboard", ["--tensorboard"], "write TensorBoard scalars to this folder (needs tensorboard)"),
 ]
 CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
-           "mask_net": ("tiny", "dilated", "features", "features_fine"), "objective": ("joint", "two_stage"),
-           "mask_norm": ("standardize", "none"), "mask_head": ("shared", "per_class"),
+           "mask_net": ("tiny", "dilated", "features", "features_fine", "features_grad"),
+           "objective": ("joint", "two_stage"),
+           "mask_norm": ("standardize", "none"), "mask_head": ("auto", "shared", "per_class"),
            "mask_loss": ("prob", "bce", "odds"), "fill": ("mean", "normal")}
 
 

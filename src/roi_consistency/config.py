@@ -32,8 +32,10 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None
     drop_path: float = 0.1
-    mask_net: str = "features_fine"  # tiny (the reference) | dilated | features | features_fine
-    mask_head: str = "shared"  # shared: one map per image | per_class: one map per class (features net)
+    mask_net: str = "features_grad"  # tiny (the reference) | dilated | features | features_fine | features_grad
+    # shared: one head for every class | per_class: one map per class (features nets) | auto: per_class for
+    # the features nets, else shared (mask_head_of)
+    mask_head: str = "auto"
     mask_norm: str = "standardize"  # none (the reference) | standardize logits per image before the sigmoid
     keep_ratio: float = 0.1
     fill: str = "normal"  # what removed pixels show: mean (ImageNet mean, the reference) | normal (mean normal image)
@@ -111,6 +113,14 @@ class TrainConfig:
         reference's), not today's defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
+
+
+def mask_head_of(cfg: dict) -> str:
+    """The mask head a config dict means: "auto" resolved by its mask net."""
+    head = cfg.get("mask_head", "shared")
+    if head == "auto":
+        return "per_class" if cfg["mask_net"].startswith("features") else "shared"
+    return head
 
 
 # What a config saved before these settings existed meant (read by from_dict).

@@ -1,9 +1,10 @@
 """Evaluation against ground truth: AUROC of full/crop/drop, faithfulness (comprehensiveness and
 sufficiency over keep ratios) and localisation against boxes, for three maps on the same model:
 
-- learned: the mask network's map before the sigmoid; with a per-class head, the map of the pair's class
-  for faithfulness and localisation (like Grad-CAM), and the most probable class's map per image for
-  the crop/drop AUROC, the kept fraction and the leakage check (as `infer` applies it);
+- learned: the mask network's map before the sigmoid; where maps are class-specific (a per-class head,
+  or `features_grad`, which reads a class's attribution), the map drawn for the pair's class for
+  faithfulness and localisation (like Grad-CAM), and the most probable class's map per image for the
+  crop/drop AUROC, the kept fraction and the leakage check (as `infer` applies it);
 - gradcam: Grad-CAM (pytorch-grad-cam) on the backbone's last stage, one map per (image, class);
 - random:  smooth random logits, the control.
 
@@ -31,11 +32,12 @@ from tqdm import tqdm
 
 from roi_consistency import metrics as M
 from roi_consistency.cache import ImageCache
+from roi_consistency.config import mask_head_of
 from roi_consistency.data import ImageCSVDataset
 from roi_consistency.errors import UserError
 from roi_consistency.infer import fill_text, load_trained, pick_device, to_gray, write_json
 from roi_consistency.labels import LabelError, canonical
-from roi_consistency.model import ROIModel, random_mask_logits, select_maps, topk_mask
+from roi_consistency.model import ROIModel, random_mask_logits, topk_mask
 
 MAPS = ("learned", "gradcam", "random")
 IOBB_T = ("0.1", "0.25", "0.5")
@@ -110,7 +112,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     y = ds.labels
     crop = {k: {r: np.full((n, C), np.nan, np.float32) for r in ratios} for k in MAPS}
     drop = {k: {r: np.full((n, C), np.nan, np.float32) for r in ratios} for k in MAPS}
-    # The learned mask as infer applies it (one per image: with a per-class head, the most probable
+    # The learned mask as infer applies it (one per image: where maps are class-specific, the most probable
     # class's map), at the model's own ratio: AUROC of crop and drop, kept fraction, leakage.
     crop_img, drop_img = np.full((n, C), np.nan, np.float32), np.full((n, C), np.nan, np.float32)
     kept = {k: [] for k in MAPS}
@@ -126,10 +128,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
             xn = model.normalize(x)
             full_logits = model.backbone(xn).float()
             p_full[idx] = torch.sigmoid(full_logits).cpu().numpy()
-            maps = model.mask_maps(xn)[0] if model.mode != "random_mask" else random_mask_logits(
-                xn.shape, "cpu", gen).to(dev)
-            per_class = maps.shape[1] > 1
-            learned = select_maps(maps, full_logits.argmax(1)) if per_class else maps
+            random_model = model.mode == "random_mask"  # the control model: its "learned" map is random
+            learned = random_mask_logits(xn.shape, "cpu", gen).to(dev) if random_model else model.explain(xn)[0]
             rand = random_mask_logits(xn.shape, "cpu", gen).to(dev)
         # (image, class) pairs: true findings, plus box classes for localisation
         names = [ds.names[i] for i in idx]
@@ -139,8 +139,11 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         pb = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
         pc = [int(p[1]) for p in pairs]
         gc = gradcam_maps(model.backbone, xn[pb], pc) if pairs else None
-        # the learned map of each pair: its class's map (per-class head) or the image's one map
-        lp = (select_maps(maps[pb], torch.tensor(pc, device=dev)) if per_class else maps[pb]) if pairs else None
+        # the learned map of each pair: drawn for its class (per-class head, or a head reading the class's
+        # attribution), else the image's one map
+        with torch.no_grad():
+            lp = (learned[pb] if random_model else model.explain(xn[pb], torch.tensor(pc, device=dev))[0]
+                  ) if pairs else None
         jitter = 1e-6 * torch.rand((len(pairs), 1, size, size), generator=gen).to(dev) if pairs else None
         # Away from the model's own ratio only images with a finding count (comprehensiveness and
         # sufficiency average over true findings), so normal images are scored once, at r0.
@@ -208,7 +211,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
                                   float(m_.mean())))
     result = {
         "n_images": n, "classes": classes, "keep_ratio": r0, "keep_ratios": ratios, "checkpoint": str(checkpoint),
-        "fill": fill_text(cfg), "mask_head": cfg.get("mask_head", "shared"),
+        "fill": fill_text(cfg), "mask_head": mask_head_of(cfg),
         "auroc": {"full": M.per_class_auroc(y, p_full, classes),
                   "crop": M.per_class_auroc(y, crop_img, classes),
                   "drop": M.per_class_auroc(y, drop_img, classes)},

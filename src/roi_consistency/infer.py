@@ -108,7 +108,7 @@ def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: li
     rec["prob_crop"] = dict(zip(classes, crop))
     rec["prob_drop"] = dict(zip(classes, drop))
     rec["faithfulness"] = {c: f - d for c, f, d in zip(classes, full, drop)}
-    if s.get("explained") is not None:  # per-class head: the mask shows the most probable class's region
+    if s.get("explained") is not None:  # a class-specific map: the most probable class's region
         rec["mask_class"] = classes[int(s["explained"][i])]
     return rec
 

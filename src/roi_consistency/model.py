@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roi_consistency.config import mask_head_of
 from roi_consistency.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,39 +111,84 @@ def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, 
     return [feats[n].float() for n in layers], out
 
 
+def class_attribution(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...], cls: torch.Tensor | None,
+                      fill: torch.Tensor | float):
+    """One pass with input gradients: the feature maps (detached), the logits, the class each image is
+    explained for (cls, or the most probable where cls is None or -1), and gradient x (input - fill) of
+    that class's logit, [B,1,H,W]: the first-order change of the logit when each pixel is removed."""
+    feats: dict[str, torch.Tensor] = {}
+    hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o.detach()))
+             for n in layers]
+    try:
+        with torch.enable_grad():
+            xg = xn.detach().requires_grad_(True)
+            out = backbone(xg)
+            top = out.detach().float().argmax(1)
+            explained = top if cls is None else torch.where(cls >= 0, cls, top)
+            g, = torch.autograd.grad(out.gather(1, explained[:, None]).sum(), xg)
+    finally:
+        for h in hooks:
+            h.remove()
+    a = (g * (xn.detach() - fill)).sum(1, keepdim=True).float()
+    return [feats[n].float() for n in layers], out.detach(), explained, a
+
+
 class FeatureMaskNet(nn.Module):
     """A mask head on the classifier's own features (three depths, 1x1 convs, summed at the finest
     of them, a 3x3 conv, upsampled to the input): the mask sees what the classifier sees. The backbone
     is passed at call time, so its weights are not stored twice. With out_channels = number of classes
-    it draws one map per class (`--mask-head per_class`)."""
+    it draws one map per class (`--mask-head per_class`).
 
-    def __init__(self, channels: tuple[int, ...], width: int = 32, out_channels: int = 1):
+    With grad=True (`--mask-net features_grad`) it also reads, for the class it explains, the classifier's
+    gradient x (input - fill): the first-order estimate of how much removing each pixel lowers that
+    class's logit. Learning that from the crop and drop terms alone takes more than a CPU budget: their
+    straight-through gradient is this same quantity, one noisy image at a time, and it stops once the
+    region holds the evidence, so a small lesion inside a large kept region is never made its peak.
+    The head still learns, against those terms, which of that evidence the region should hold."""
+
+    def __init__(self, channels: tuple[int, ...], width: int = 32, out_channels: int = 1, grad: bool = False):
         super().__init__()
+        self.grad_proj = nn.Conv2d(2, width, 1) if grad else None
         self.proj = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(width, out_channels, 1))
         self.layers: tuple[str, ...] = ()
 
-    def forward(self, x: torch.Tensor, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask logits [B,K,H,W], the backbone's logits on x)."""
-        feats, out = backbone_features(backbone, x, self.layers)
+    def forward(self, x: torch.Tensor, backbone: nn.Module, cls: torch.Tensor | None = None,
+                fill: torch.Tensor | float = 0.0):
+        """(mask logits [B,K,H,W], the backbone's logits on x, the class the logits were drawn for or
+        None). With grad_proj (features_grad) the head also reads the attribution of class cls (-1 or
+        None: the most probable class) relative to the fill, so every map belongs to one class."""
+        explained = None
+        if self.grad_proj is not None:
+            feats, out, explained, a = class_attribution(backbone, x, self.layers, cls, fill)
+        else:
+            feats, out = backbone_features(backbone, x, self.layers)
         size = feats[0].shape[-2:]
         z = sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p, f in zip(self.proj, feats))
-        return F.interpolate(self.head(z), size=x.shape[-2:], mode="bilinear", align_corners=False), out
+        if self.grad_proj is not None:
+            # Scale-free (the classifier's confidence is not the map's business), evidence for and against
+            # the class as two channels, averaged over each feature cell: one pixel's gradient is noisy.
+            a = a / (a.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-8)
+            z = z + self.grad_proj(F.adaptive_avg_pool2d(torch.cat([a.relu(), (-a).relu()], 1), size))
+        return F.interpolate(self.head(z), size=x.shape[-2:], mode="bilinear", align_corners=False), out, explained
 
 
-def make_feature_mask_net(backbone: nn.Module, out_channels: int = 1, fine: bool = False) -> FeatureMaskNet:
+def make_feature_mask_net(backbone: nn.Module, out_channels: int = 1, fine: bool = False,
+                          grad: bool = False) -> FeatureMaskNet:
     layers = feature_layers(backbone, fine)
     was_training = backbone.training
     feats, _ = backbone_features(backbone.eval(), torch.zeros(1, 3, 64, 64), layers)  # probe channel counts
     backbone.train(was_training)
-    net = FeatureMaskNet(tuple(f.shape[1] for f in feats), out_channels=out_channels)
+    net = FeatureMaskNet(tuple(f.shape[1] for f in feats), out_channels=out_channels, grad=grad)
     net.layers = layers
     return net
 
 
 MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet, "features": make_feature_mask_net,
-             "features_fine": lambda backbone, out_channels=1: make_feature_mask_net(backbone, out_channels, True)}
+             "features_fine": lambda backbone, out_channels=1: make_feature_mask_net(backbone, out_channels, True),
+             "features_grad": lambda backbone, out_channels=1: make_feature_mask_net(backbone, out_channels, True,
+                                                                                     grad=True)}
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -252,14 +298,18 @@ class ROIModel(nn.Module):
         self.fill_image = None if image is None else image.reshape(1, 1, *image.shape[-2:]).float().to(
             self.mean.device)
 
-    def crop_drop(self, xn: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the region kept, the rest filled; the region filled, the rest kept), in normalised space."""
+    def fill_for(self, xn: torch.Tensor) -> torch.Tensor:
+        """What a removed pixel shows, in normalised space at xn's size (0: the ImageNet mean)."""
         if self.fill_image is None:
-            return xn * m, xn * (1 - m)
+            return xn.new_zeros(1, 1, 1, 1)
         f = self.fill_image
         if f.shape[-2:] != xn.shape[-2:]:
             f = F.interpolate(f, size=xn.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
-        f = self.normalize(f).to(xn.dtype)
+        return self.normalize(f).to(xn.dtype)
+
+    def crop_drop(self, xn: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the region kept, the rest filled; the region filled, the rest kept), in normalised space."""
+        f = self.fill_for(xn)
         return xn * m + f * (1 - m), xn * (1 - m) + f * m
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,12 +317,15 @@ class ROIModel(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
-    def mask_maps(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def mask_maps(self, xn: torch.Tensor, cls: torch.Tensor | None = None):
         """Every learned map before the sigmoid, [B,K,H,W] float32 (K = 1 for a shared head, one per
-        class for a per-class head), and the backbone's logits on xn when the mask network computed
-        them on the way (the features net does), else None."""
+        class for a per-class head), the backbone's logits on xn when the mask network computed
+        them on the way (the features net does), else None, and the class the maps were drawn for
+        when the mask network reads a class's attribution (else None)."""
+        explained = None
         if isinstance(self.mask_net, FeatureMaskNet):
-            maps, out = self.mask_net(xn, self.backbone)
+            fill = self.fill_for(xn) if self.mask_net.grad_proj is not None else 0.0
+            maps, out, explained = self.mask_net(xn, self.backbone, cls, fill)
         else:
             maps, out = self.mask_net(xn), None
         maps = maps.float()
@@ -281,20 +334,27 @@ class ROIModel(nn.Module):
             # the straight-through gradient would vanish (the whole mask drifting to 1.0).
             mu, sd = maps.mean(dim=(2, 3), keepdim=True), maps.std(dim=(2, 3), keepdim=True)
             maps = (maps - mu) / (sd + 1e-6)
-        return maps, out
+        return maps, out, explained
+
+    @property
+    def class_specific(self) -> bool:
+        """Is each map drawn for one class (a per-class head, or a head reading a class's attribution)?"""
+        return isinstance(self.mask_net, FeatureMaskNet) and (
+            self.mask_net.grad_proj is not None or self.mask_net.head[-1].out_channels > 1)
 
     def explain(self, xn: torch.Tensor, cls: torch.Tensor | None = None):
-        """(map [B,1,H,W] before the sigmoid, the class each map explains [B] or None for a shared head,
-        the backbone's logits on xn if they came free or were needed, else None). With a per-class head,
-        cls picks the class per image; None or -1 means the image's most probable class."""
-        maps, out = self.mask_maps(xn)
+        """(map [B,1,H,W] before the sigmoid, the class each map explains [B] or None for a map that is
+        not drawn for a class, the backbone's logits on xn if they came free or were needed, else None).
+        For a class-specific map, cls picks the class per image; None or -1 means the most probable one."""
+        maps, out, explained = self.mask_maps(xn, cls)
         if maps.shape[1] == 1:
-            return maps, None, out
-        if out is None:
-            with torch.no_grad():
-                out = self.backbone(xn)
-        top = out.detach().float().argmax(1)
-        explained = top if cls is None else torch.where(cls >= 0, cls, top)
+            return maps, explained, out
+        if explained is None:
+            if out is None:
+                with torch.no_grad():
+                    out = self.backbone(xn)
+            top = out.detach().float().argmax(1)
+            explained = top if cls is None else torch.where(cls >= 0, cls, top)
         return select_maps(maps, explained), explained, out
 
     def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None) -> dict:
@@ -364,9 +424,10 @@ def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
                               weights=cfg["weights"] if load_pretrained else None,
                               drop_path=cfg["drop_path"])
     on_features = cfg["mask_net"].startswith("features")
-    if cfg.get("mask_head", "shared") == "per_class" and not on_features:
-        raise UserError("--mask-head per_class needs --mask-net features or features_fine")
-    out_channels = len(cfg["classes"]) if cfg.get("mask_head") == "per_class" else 1
+    per_class = mask_head_of(cfg) == "per_class"
+    if per_class and not on_features:
+        raise UserError("--mask-head per_class needs --mask-net features, features_fine or features_grad")
+    out_channels = len(cfg["classes"]) if per_class else 1
     mask_net = MASK_NETS[cfg["mask_net"]](backbone, out_channels) if on_features else MASK_NETS[cfg["mask_net"]]()
     return ROIModel(backbone, mask_net, cfg["keep_ratio"], cfg["mode"], cfg["passes"],
                     cfg.get("mask_norm", "none"))

@@ -255,12 +255,15 @@ def log_uniform(lo: float, hi: float) -> float:
     return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(()).item())
 
 
-def true_class(y: torch.Tensor) -> torch.Tensor:
-    """One of each image's true findings at random, -1 where there is none (per-class mask head:
-    the class that image's mask is trained to explain)."""
-    has = y.sum(1) > 0
-    pick = torch.multinomial(y.float() + (~has).float()[:, None], 1).squeeze(1)
-    return torch.where(has, pick, torch.full_like(pick, -1))
+def class_pairs(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, classes): one pair per true finding of every image, the batch a class-specific mask is
+    trained on. An image without findings has nothing to explain and is left out, unless no image in
+    the batch has one: then every image is paired with class -1 (its most probable class), so each
+    step still trains (and DDP ranks stay in step)."""
+    rows, cls = (y > 0.5).nonzero(as_tuple=True)
+    if not len(rows):
+        return torch.arange(len(y)), torch.full((len(y),), -1, dtype=torch.long)
+    return rows, cls
 
 
 def wrap(tr: Trainer, phase: str):
@@ -312,7 +315,11 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
                                                         yd, cfg.evalx_weight)
                 elif phase == "mask":
                     r = log_uniform(cfg.min_keep_ratio, cfg.keep_ratio) if cfg.min_keep_ratio else None
-                    out = ddp_model(tr.to_device(x), keep_ratio=r, cls=true_class(y).to(tr.rt.device))
+                    xd, cls = tr.to_device(x), None
+                    if tr.model.class_specific:  # each map explains one finding: train (image, finding) pairs
+                        rows, cls = (t.to(tr.rt.device) for t in class_pairs(y))
+                        xd, yd = xd[rows], yd[rows]
+                    out = ddp_model(xd, keep_ratio=r, cls=cls)
                     focus = None if out["explained"] is None else F.one_hot(out["explained"], y.shape[1])
                     loss, terms = mask_stage_loss(out, yd, tr.weights, focus, cfg.mask_loss)
                 else:
