@@ -297,6 +297,12 @@ def test_class_pairs_pair_each_image_with_each_of_its_findings():
     assert rows.tolist() == [0, 2, 2] and cls.tolist() == [0, 0, 2]  # the normal image has nothing to explain
     rows, cls = class_pairs(torch.zeros(3, 2))  # a batch of normal images still trains: most probable class
     assert rows.tolist() == [0, 1, 2] and cls.tolist() == [-1, -1, -1]
+    # at most `limit` pairs (memory stays bounded), drawn from the real ones
+    y = torch.ones(4, 3)
+    rows, cls = class_pairs(y, limit=4)
+    assert len(rows) == 4 and len({(r, c) for r, c in zip(rows.tolist(), cls.tolist())}) == 4
+    assert rows.tolist() == sorted(rows.tolist())
+    assert class_pairs(y, limit=12)[0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]  # under the limit: all
 
 
 def test_class_attribution_is_the_first_order_effect_of_removing_each_pixel():

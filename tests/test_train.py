@@ -41,6 +41,8 @@ def test_short_run_writes_loadable_checkpoint_above_chance(phantom64, tmp_path):
     ck = torch.load(cfg.save, map_location="cpu", weights_only=True)
     assert ck["epoch"] == 3 and ck["classes"][0] == "Atelectasis" and len(ck["classes"]) == 14
     assert ck["config"]["backbone"] == "resnet18" and isinstance(ck["config"], dict)
+    # the default head is saved resolved: what "auto" means may change, a checkpoint's head must not
+    assert ck["config"]["mask_net"] == "features_grad" and ck["config"]["mask_head"] == "per_class"
     assert set(ck) >= {"backbone", "mask_net", "optimizer", "scheduler", "step", "rng", "best_metric"}
     assert result["metrics"]["val_mean_auroc"] > 0.6
     assert abs(result["metrics"]["kept_fraction"] - round(0.1 * 64 * 64) / (64 * 64)) < 1e-6

@@ -65,7 +65,7 @@ TRAIN_FLAGS = [
      "lesions; one map per (image, class))"),
     ("mask_head", ["--mask-head"], "shared: one head for every class; per_class: one map per class (features "
      "nets); auto: per_class for the features nets, else shared. A class-specific map is trained on every "
-     "(image, true finding) pair and drawn for the most probable class in infer"),
+     "(image, true finding) pair in the two_stage mask stage and drawn for the most probable class in infer"),
     ("mask_norm", ["--mask-norm"], "standardize the mask logits per image before the sigmoid, so the soft mask "
      "cannot saturate and the straight-through gradient keeps flowing; none = the reference"),
     ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),

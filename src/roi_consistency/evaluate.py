@@ -142,8 +142,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         # the learned map of each pair: drawn for its class (per-class head, or a head reading the class's
         # attribution), else the image's one map
         with torch.no_grad():
-            lp = (learned[pb] if random_model else model.explain(xn[pb], torch.tensor(pc, device=dev))[0]
-                  ) if pairs else None
+            lp = (model.explain(xn[pb], torch.tensor(pc, device=dev))[0] if model.class_specific
+                  and not random_model else learned[pb]) if pairs else None
         jitter = 1e-6 * torch.rand((len(pairs), 1, size, size), generator=gen).to(dev) if pairs else None
         # Away from the model's own ratio only images with a finding count (comprehensiveness and
         # sufficiency average over true findings), so normal images are scored once, at r0.

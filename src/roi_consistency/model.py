@@ -119,6 +119,8 @@ def class_attribution(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, 
     feats: dict[str, torch.Tensor] = {}
     hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o.detach()))
              for n in layers]
+    was_training = backbone.training
+    backbone.eval()  # joint training too: per-image (running) statistics, no drop-path noise in the attribution
     try:
         with torch.enable_grad():
             xg = xn.detach().requires_grad_(True)
@@ -127,6 +129,7 @@ def class_attribution(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, 
             explained = top if cls is None else torch.where(cls >= 0, cls, top)
             g, = torch.autograd.grad(out.gather(1, explained[:, None]).sum(), xg)
     finally:
+        backbone.train(was_training)
         for h in hooks:
             h.remove()
     a = (g * (xn.detach() - fill)).sum(1, keepdim=True).float()
@@ -372,8 +375,9 @@ class ROIModel(nn.Module):
     def forward(self, x: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None,
                 evalx: int | None = None):
         """{"full", "crop", "drop"} logits and the masks. cls: the class each image's mask should explain
-        (per-class head). evalx (an int, 0 included) is the classifier stage of two_stage training instead:
-        logits for the full batch and for its first `evalx` images under random masks ("masked")."""
+        (class-specific maps; None or -1: the most probable class). evalx (an int, 0 included) is the
+        classifier stage of two_stage training instead: logits for the full batch and for its first
+        `evalx` images under random masks ("masked")."""
         xn = self.normalize(x)
         if evalx is not None:
             return self._evalx(xn, evalx, self.keep_ratio if keep_ratio is None else keep_ratio)

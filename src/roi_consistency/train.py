@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import best_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from roi_consistency.config import TrainConfig
+from roi_consistency.config import TrainConfig, mask_head_of
 from roi_consistency.data import ImageCSVDataset, SeededSampler, augment_batch, normal_mean_image
 from roi_consistency.errors import UserError
 from roi_consistency.losses import TERMS, classifier_stage_loss, mask_stage_loss, roi_loss
@@ -255,14 +255,18 @@ def log_uniform(lo: float, hi: float) -> float:
     return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(()).item())
 
 
-def class_pairs(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def class_pairs(y: torch.Tensor, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, classes): one pair per true finding of every image, the batch a class-specific mask is
     trained on. An image without findings has nothing to explain and is left out, unless no image in
     the batch has one: then every image is paired with class -1 (its most probable class), so each
-    step still trains (and DDP ranks stay in step)."""
+    step still trains (and DDP ranks stay in step). With more than `limit` pairs a random `limit` of
+    them are kept, so a batch of images with many findings cannot exhaust memory."""
     rows, cls = (y > 0.5).nonzero(as_tuple=True)
     if not len(rows):
         return torch.arange(len(y)), torch.full((len(y),), -1, dtype=torch.long)
+    if limit is not None and len(rows) > limit:
+        keep = torch.randperm(len(rows))[:limit].sort().values
+        rows, cls = rows[keep], cls[keep]
     return rows, cls
 
 
@@ -317,7 +321,8 @@ def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: Stop
                     r = log_uniform(cfg.min_keep_ratio, cfg.keep_ratio) if cfg.min_keep_ratio else None
                     xd, cls = tr.to_device(x), None
                     if tr.model.class_specific:  # each map explains one finding: train (image, finding) pairs
-                        rows, cls = (t.to(tr.rt.device) for t in class_pairs(y))
+                        # at most two pairs per image on average: memory stays bounded on images with many findings
+                        rows, cls = (t.to(tr.rt.device) for t in class_pairs(y, limit=2 * len(y)))
                         xd, yd = xd[rows], yd[rows]
                     out = ddp_model(xd, keep_ratio=r, cls=cls)
                     focus = None if out["explained"] is None else F.one_hot(out["explained"], y.shape[1])
@@ -452,6 +457,8 @@ def fit(cfg: TrainConfig) -> dict:
     if cfg.objective == "two_stage" and cfg.mask_start_epoch is None:
         # fixed now (and saved), so a resume with other --epochs keeps the stage boundary
         cfg = dataclasses.replace(cfg, mask_start_epoch=cfg.mask_start())
+    # saved resolved, so the checkpoint's head never depends on what "auto" means in a later version
+    cfg = dataclasses.replace(cfg, mask_head=mask_head_of(cfg.to_dict()))
     check_config(cfg)
     cache = ImageCache(cfg.cache, cfg.img_size) if cfg.cache else None
     raw = cache is not None and (cfg.device_transforms if cfg.device_transforms is not None
