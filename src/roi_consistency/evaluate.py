@@ -126,10 +126,13 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         x, idx = x.to(dev), idx.numpy()
         with torch.no_grad():
             xn = model.normalize(x)
-            full_logits = model.backbone(xn).float()
-            p_full[idx] = torch.sigmoid(full_logits).cpu().numpy()
             random_model = model.mode == "random_mask"  # the control model: its "learned" map is random
-            learned = random_mask_logits(xn.shape, "cpu", gen).to(dev) if random_model else model.explain(xn)[0]
+            if random_model:
+                learned, full_logits = random_mask_logits(xn.shape, "cpu", gen).to(dev), None
+            else:  # the features nets compute the logits on their way to the map
+                learned, _, full_logits = model.explain(xn)
+            full_logits = (model.backbone(xn) if full_logits is None else full_logits).float()
+            p_full[idx] = torch.sigmoid(full_logits).cpu().numpy()
             rand = random_mask_logits(xn.shape, "cpu", gen).to(dev)
         # (image, class) pairs: true findings, plus box classes for localisation
         names = [ds.names[i] for i in idx]

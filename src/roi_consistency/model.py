@@ -96,18 +96,30 @@ def feature_layers(backbone: nn.Module, fine: bool = False) -> tuple[str, ...]:
     raise UserError("--mask-net features supports ResNet and ConvNeXt backbones; use --mask-net dilated")
 
 
-def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...]):
-    """The classifier's own feature maps at three depths, and its logits on xn, which come free with
-    them (no gradient: the mask must not reshape the classifier)."""
+@contextlib.contextmanager
+def captured(backbone: nn.Module, layers: tuple[str, ...]):
+    """{layer name: its output, detached} for the forward passes run inside the block."""
     feats: dict[str, torch.Tensor] = {}
-    hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
+    hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o.detach()))
              for n in layers]
     try:
-        with torch.no_grad():
-            out = backbone(xn)
+        yield feats
     finally:
         for h in hooks:
             h.remove()
+
+
+def explained_class(logits: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor:
+    """cls per image, the most probable class where cls is None or -1."""
+    top = logits.detach().float().argmax(1)
+    return top if cls is None else torch.where(cls >= 0, cls, top)
+
+
+def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...]):
+    """The classifier's own feature maps at three depths, and its logits on xn, which come free with
+    them (no gradient: the mask must not reshape the classifier)."""
+    with captured(backbone, layers) as feats, torch.no_grad():
+        out = backbone(xn)
     return [feats[n].float() for n in layers], out
 
 
@@ -116,22 +128,16 @@ def class_attribution(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, 
     """One pass with input gradients: the feature maps (detached), the logits, the class each image is
     explained for (cls, or the most probable where cls is None or -1), and gradient x (input - fill) of
     that class's logit, [B,1,H,W]: the first-order change of the logit when each pixel is removed."""
-    feats: dict[str, torch.Tensor] = {}
-    hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o.detach()))
-             for n in layers]
     was_training = backbone.training
     backbone.eval()  # joint training too: per-image (running) statistics, no drop-path noise in the attribution
     try:
-        with torch.enable_grad():
+        with captured(backbone, layers) as feats, torch.enable_grad():
             xg = xn.detach().requires_grad_(True)
             out = backbone(xg)
-            top = out.detach().float().argmax(1)
-            explained = top if cls is None else torch.where(cls >= 0, cls, top)
+            explained = explained_class(out, cls)
             g, = torch.autograd.grad(out.gather(1, explained[:, None]).sum(), xg)
     finally:
         backbone.train(was_training)
-        for h in hooks:
-            h.remove()
     a = (g * (xn.detach() - fill)).sum(1, keepdim=True).float()
     return [feats[n].float() for n in layers], out.detach(), explained, a
 
@@ -356,8 +362,7 @@ class ROIModel(nn.Module):
             if out is None:
                 with torch.no_grad():
                     out = self.backbone(xn)
-            top = out.detach().float().argmax(1)
-            explained = top if cls is None else torch.where(cls >= 0, cls, top)
+            explained = explained_class(out, cls)
         return select_maps(maps, explained), explained, out
 
     def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None) -> dict:
