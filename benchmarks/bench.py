@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from roi_consistency import nih
+from roi_consistency import nih, reference
 from roi_consistency.cache import ImageCache, build_cache
-from roi_consistency.config import TrainConfig
+from roi_consistency.config import config
 from roi_consistency.data import ImageCSVDataset, augment_batch
 from roi_consistency.labels import FINDINGS
-from roi_consistency.losses import roi_loss
+from roi_consistency.losses import joint_loss
 from roi_consistency.model import build_model
 from roi_consistency.phantom import make_phantom
 
@@ -101,20 +101,22 @@ def make_step(backbone: str, size: int, batch: int, passes: str, channels_last: 
     """A warmed-up training step (model, optimizer and batch built once) as a closure."""
     torch.manual_seed(0)
     # the joint step of the reference (full, crop and drop, all with gradients): what fusing can speed up
-    cfg = TrainConfig(backbone=backbone, pretrained=False, img_size=size, passes=passes, drop_path=0.0,
-                      mask_net="tiny", objective="joint", fill="mean")
-    model = build_model(cfg.to_dict()).to(device).train()
+    cfg = config(preset="seed", backbone=backbone, pretrained=False, img_size=size, drop_path=0.0)
+    model = build_model(cfg.model, cfg.method, len(FINDINGS)).to(device).train()
+    model.fused = passes == "fused"  # the variant measured; training picks it from the norm layers
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    fwd = torch.compile(model) if compile_ else model
+    fwd = reference.Forward(model, cfg)
+    fwd = torch.compile(fwd) if compile_ else fwd
     x = torch.rand(batch, 1, size, size, device=device).to(memory_format=fmt)
     y = (torch.rand(batch, len(FINDINGS), device=device) > 0.8).float()
-    w = cfg.loss_weights()
+    w = cfg.method.loss_weights()
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = roi_loss(fwd(x), y, w)
+            full, crop, drop, soft, _ = fwd(x)
+            loss, _ = joint_loss(full, crop, drop, soft, y, w)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

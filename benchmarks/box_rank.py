@@ -12,21 +12,21 @@ import torch
 from classifier_auroc import demo_test_set
 from PIL import Image
 
+from roi_consistency.checkpoint import load_trained
 from roi_consistency.evaluate import read_boxes, scale_box
-from roi_consistency.infer import load_trained
 from roi_consistency.metrics import box_mask
 
 
 def main(checkpoint: str, demo_dir: str, finding: str = "Nodule") -> None:
     model, cfg = load_trained(checkpoint, torch.device("cpu"))
-    size, ds = cfg["img_size"], demo_test_set(demo_dir, cfg)
+    size, ds = cfg.model.img_size, demo_test_set(demo_dir, cfg)
     boxes = {n: [b[1:] for b in bs if b[0] == finding]
              for n, bs in read_boxes(f"{demo_dir}/phantom/BBox_List_2017.csv").items()}
     rows = [i for i, n in enumerate(ds.names) if boxes.get(n)]
     x = torch.stack([ds[i][0] for i in rows])
     with torch.no_grad():
-        cls = torch.full((len(rows),), cfg["classes"].index(finding))  # a class-specific map: the finding's
-        maps = model.explain(model.normalize(x), cls)[0][:, 0].numpy()
+        cls = torch.full((len(rows),), cfg.data.classes.index(finding))  # a class-specific map: the finding's
+        maps = model.explain(model.normalize(x), cls).logits[:, 0].numpy()
     share, single, peaks = [], [], Counter()
     for m, i in zip(maps, rows):
         with Image.open(f"{demo_dir}/phantom/images/{ds.names[i]}") as im:

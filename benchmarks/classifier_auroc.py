@@ -8,15 +8,15 @@ import numpy as np
 import torch
 
 from roi_consistency.cache import ImageCache
+from roi_consistency.checkpoint import load_trained
 from roi_consistency.data import ImageCSVDataset
-from roi_consistency.infer import load_trained
 from roi_consistency.metrics import mean_auroc, per_class_auroc
 
 
-def demo_test_set(demo_dir: str, cfg: dict) -> ImageCSVDataset:
+def demo_test_set(demo_dir: str, cfg) -> ImageCSVDataset:
     """The test split of a demo-layout folder, read from its 256-px cache at the checkpoint's size."""
-    return ImageCSVDataset(f"{demo_dir}/csv/nih_roi_test.csv", f"{demo_dir}/phantom/images", cfg["img_size"],
-                           cfg["classes"], cache=ImageCache(f"{demo_dir}/cache256"))
+    return ImageCSVDataset(f"{demo_dir}/csv/nih_roi_test.csv", f"{demo_dir}/phantom/images", cfg.model.img_size,
+                           cfg.data.classes, cache=ImageCache(f"{demo_dir}/cache256"))
 
 
 def main(checkpoint: str, demo_dir: str) -> None:
@@ -27,7 +27,7 @@ def main(checkpoint: str, demo_dir: str) -> None:
         for x, y, _ in torch.utils.data.DataLoader(ds, batch_size=64):
             probs.append(torch.sigmoid(model.backbone(model.normalize(x))).numpy())
             labels.append(y.numpy())
-    auc = per_class_auroc(np.concatenate(labels), np.concatenate(probs), cfg["classes"])
+    auc = per_class_auroc(np.concatenate(labels), np.concatenate(probs), cfg.data.classes)
     print(f"test mean AUROC {mean_auroc(auc):.3f} (" + ", ".join(
         f"{c} {v:.3f}" for c, v in auc.items() if v is not None) + ")")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot GPU check (run on a machine with an NVIDIA GPU, from the repository root):
 # convnext_base at 224, bf16, batches 8/32/64, fused vs three calls, compile on/off, data through the
-# cache of 1024-px phantom PNGs; then a short real training run to read the GPU's busy share.
+# cache of 1024-px phantom PNGs; then a short real training run (one epoch of each stage) to read the
+# GPU's busy share.
 # Prints samples/s, GPU utilisation and MFU (277 GFLOP per sample = 3 passes x 3 x 30.8 GFLOP).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > 
 SMI=$!
 trap 'kill $SMI 2>/dev/null || true' EXIT
 $PY -m roi_consistency train --backbone convnext_base --no-pretrained --img-size 224 --batch-size 64 \
-  --accum-steps 1 --epochs 2 --mask-start-epoch 1 --workers 12 --cache "$OUT/cache" --train-csv "$OUT/csv/nih_roi_train.csv" \
+  --accum-steps 1 --epochs 1 --mask-epochs 1 --workers 12 --cache "$OUT/cache" --train-csv "$OUT/csv/nih_roi_train.csv" \
   --val-csv "$OUT/csv/nih_roi_val.csv" --image-root "$OUT/ph/images" --save "$OUT/ck.pt" --log-every 5
 kill $SMI 2>/dev/null || true
 awk '{s+=$1; n++} END {printf "GPU busy share during training: %.0f%% (%d samples)\n", s/n, n}' "$OUT/util.txt"

@@ -1,6 +1,6 @@
 """The pointing game per finding, on images with one boxed finding and on images with several (where
 one map per image can point at only one of them), for the learned map of each box's class and for the
-classifier's own gradient x (input - fill) of that class (what `--mask-net features_grad` reads).
+classifier's own gradient x (input - fill) of that class (what the method's mask head reads).
 
     python benchmarks/pointing_split.py CHECKPOINT DEMO_DIR   (DEMO_DIR as made by ./run_all.sh --demo)
 
@@ -14,15 +14,15 @@ import torch
 from classifier_auroc import demo_test_set
 from PIL import Image
 
+from roi_consistency.checkpoint import load_trained
 from roi_consistency.evaluate import read_boxes, scale_box
-from roi_consistency.infer import load_trained
 from roi_consistency.metrics import pointing_hit
 from roi_consistency.model import class_attribution
 
 
 def main(checkpoint: str, demo_dir: str) -> None:
     model, cfg = load_trained(checkpoint, torch.device("cpu"))
-    size, ds, classes = cfg["img_size"], demo_test_set(demo_dir, cfg), cfg["classes"]
+    size, ds, classes = cfg.model.img_size, demo_test_set(demo_dir, cfg), cfg.data.classes
     boxes = read_boxes(f"{demo_dir}/phantom/BBox_List_2017.csv")
     hits = {"learned": defaultdict(list), "attribution": defaultdict(list)}  # (finding, several?) -> hits
     for i, name in enumerate(ds.names):
@@ -33,7 +33,7 @@ def main(checkpoint: str, demo_dir: str) -> None:
         cls = torch.tensor([classes.index(b[0]) for b in boxes[name]])
         xn = model.normalize(ds[i][0][None].expand(len(cls), -1, -1, -1))
         with torch.no_grad():
-            maps = {"learned": model.explain(xn, cls)[0][:, 0],
+            maps = {"learned": model.explain(xn, cls).logits[:, 0],
                     "attribution": class_attribution(model.backbone, xn, (), cls, model.fill_for(xn))[3][:, 0]}
         several = len(cls) > 1
         for j, (label, *box) in enumerate(boxes[name]):

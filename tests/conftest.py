@@ -21,11 +21,11 @@ def phantom64(tmp_path_factory):
 def trained64(phantom64, tmp_path_factory):
     """A resnet18 checkpoint trained briefly at 48 px on phantom64 with the default method (a classifier
     epoch, then a mask epoch): enough for schemas, not accuracy."""
-    from roi_consistency.config import TrainConfig
+    from roi_consistency.config import config
     from roi_consistency.train import fit
     out = tmp_path_factory.mktemp("trained64")
-    cfg = TrainConfig(train_csv=str(phantom64["train"]), val_csv=str(phantom64["val"]),
-                      image_root=str(phantom64["images"]), img_size=48, backbone="resnet18", pretrained=False,
-                      batch_size=16, accum_steps=1, epochs=2, lr=1e-3, workers=0, save=str(out / "m.pt"))
+    cfg = config(train_csv=str(phantom64["train"]), val_csv=str(phantom64["val"]), image_root=str(phantom64["images"]),
+                 img_size=48, backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=1,
+                 mask_epochs=1, lr=1e-3, workers=0, save=str(out / "m.pt"))
     fit(cfg)
     return out / "m.pt"

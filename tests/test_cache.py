@@ -107,14 +107,16 @@ def test_device_side_resize_and_augment_match_the_loader_path(cache32, phantom64
     assert torch.equal(y, torch.stack([worker[it][1] for it in items]))
 
 
-def test_training_with_device_transforms_reads_the_raw_cache(cache32, phantom64, tmp_path):
-    from roi_consistency.config import TrainConfig
-    from roi_consistency.train import fit
-    cfg = TrainConfig(train_csv=str(phantom64["val"]), val_csv=str(phantom64["test"]),
-                      image_root=str(phantom64["images"]), cache=str(cache32), img_size=32, device_transforms=True,
-                      backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=2, lr=1e-3,
-                      workers=0, save=str(tmp_path / "m.pt"))
-    result = fit(cfg)
+def test_training_with_device_transforms_reads_the_raw_cache(cache32, phantom64, tmp_path, monkeypatch):
+    from roi_consistency import train
+    from roi_consistency.config import config
+    monkeypatch.setattr(train, "augment_on_device", lambda device: True)  # what CUDA gets
+    cfg = config(train_csv=str(phantom64["val"]), val_csv=str(phantom64["test"]), image_root=str(phantom64["images"]),
+                 cache=str(cache32), img_size=32, backbone="resnet18", pretrained=False, batch_size=16,
+                 accum_steps=1, epochs=1, mask_epochs=1, lr=1e-3, workers=0, save=str(tmp_path / "m.pt"))
+    data = train.build_data(cfg, train.setup_runtime("cpu"))
+    assert data.train.raw and isinstance(data.train[(0, 1)][0], tuple)  # uint8 rows and augmentation parameters
+    result = train.fit(cfg)
     assert result["step"] > 0 and 0 <= result["metrics"]["val_mean_auroc"] <= 1
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from roi_consistency.evaluate import evaluate_checkpoint, gradcam_maps, read_boxes
+from roi_consistency.evaluate import evaluate_checkpoint, read_boxes
+from roi_consistency.explainers import gradcam_maps
 from roi_consistency.infer import infer_csv
 from roi_consistency.metrics import per_class_auroc
 
@@ -63,7 +64,8 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
         assert saved["kept_fraction"][k] == pytest.approx(round(0.1 * 48 * 48) / (48 * 48))
         loc = saved["localization"][k]
         assert 0.0 <= loc["pointing_game"] <= 1.0 and set(loc["iobb_acc"]) == {"0.1", "0.25", "0.5"}
-    assert set(saved["leakage"]) == {"learned", "random"}
+    assert saved["maps"] == ["learned", "gradcam", "random"]
+    assert set(saved["leakage"]) == set(saved["maps"])  # every explainer goes through every pass
     assert 0.0 <= saved["leakage"]["random"]["mean_auroc"] <= 1.0
     # on the boxed images, the true boxes are the reference: findings sit in their own places here
     boxed = saved["leakage_boxed"]
@@ -89,7 +91,7 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
     for key in ("drop", "crop"):
         probs = np.array([[p[f"prob_{key}"][c] for c in classes] for p in preds["predictions"]])
         for c, v in per_class_auroc(y, probs, classes).items():
-            assert saved["auroc"][key][c] == (None if v is None else pytest.approx(v, abs=1e-4)), (key, c)
+            assert saved["auroc"][key]["learned"][c] == (None if v is None else pytest.approx(v, abs=1e-4)), (key, c)
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Localisation" in html
 
@@ -101,24 +103,88 @@ def test_evaluate_without_boxes_has_null_localization(trained64, phantom64, tmp_
     assert json.loads((tmp_path / "metrics.json").read_text())["localization"] is None
 
 
-def test_per_class_head_is_scored_per_pair_and_named_in_preds(phantom64, tmp_path):
-    from roi_consistency.config import TrainConfig
-    from roi_consistency.train import fit
-    cfg = TrainConfig(train_csv=str(phantom64["val"]), val_csv=None, image_root=str(phantom64["images"]),
-                      img_size=48, backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=2,
-                      lr=1e-3, workers=0, save=str(tmp_path / "pc.pt"), objective="two_stage", mask_start_epoch=1,
-                      mask_net="features", mask_head="per_class", evalx_weight=0.25, beta=2.0, gamma=0.0,
-                      fill="normal")
-    fit(cfg)
-    fill = torch.load(cfg.save, weights_only=True)["fill_image"]  # stored with the model, used by every stage
+def test_the_fill_is_stored_with_the_model_and_named_in_the_outputs(trained64, phantom64, tmp_path):
+    fill = torch.load(trained64, weights_only=True)["fill_image"]  # stored with the model, used by every stage
     assert fill.shape == (1, 1, 48, 48) and 0 < fill.mean() < 1
-    m = evaluate_checkpoint(cfg.save, str(phantom64["test"]), str(phantom64["images"]),
-                            bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(tmp_path / "eval"),
-                            keep_ratios=(0.1,), n_examples=2, workers=0, progress=False)
-    assert m["mask_head"] == "per_class" and m["kept_fraction"]["learned"] == pytest.approx(0.1, abs=1e-3)
-    assert "normal" in m["fill"]
-    assert m["faithfulness"]["learned"]["comprehensiveness"]["0.1"] is not None
-    preds = infer_csv(cfg.save, str(phantom64["test"]), str(phantom64["images"]), str(tmp_path / "p.json"),
-                      workers=0, progress=False)["predictions"]
-    for p in preds[:10]:  # each image's mask explains its most probable class
-        assert p["mask_class"] == max(p["prob_full"], key=p["prob_full"].get)
+    m = evaluate_checkpoint(str(trained64), str(phantom64["val"]), str(phantom64["images"]), out_dir=str(tmp_path),
+                            keep_ratios=(0.1,), n_examples=0, workers=0, progress=False)
+    assert "normal" in m["fill"] and m["faithfulness"]["learned"]["comprehensiveness"]["0.1"] is not None
+
+
+def boxed_test_set(phantom64, tmp_path):
+    """The phantom's test images that have boxes, as their own CSV."""
+    boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
+    lines = open(phantom64["test"]).read().splitlines()
+    path = tmp_path / "boxed.csv"
+    path.write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ln.split(",")[0] in boxes]) + "\n")
+    return path
+
+
+class LocalBright(nn.Module):
+    """A transparent classifier: 'Mass' is a bright patch anywhere (the brightest 4x4 mean above the image
+    mean); every other finding is absent."""
+
+    def forward(self, xn):
+        x = xn.mean(1, keepdim=True)
+        peak = torch.nn.functional.avg_pool2d(x, 4, stride=1).amax(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))
+        out = torch.full((len(x), 14), -5.0)
+        out[:, 4] = 6 * peak - 3
+        return out
+
+
+def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_random(tmp_path):
+    from PIL import Image
+
+    from roi_consistency.config import config
+    from roi_consistency.data import ImageCSVDataset
+    from roi_consistency.evaluate import EvalOptions, evaluate_model, summarize
+    from roi_consistency.explainers import BoxOracle, Random
+    from roi_consistency.labels import FINDINGS
+    from roi_consistency.model import MaskNet, ROIModel
+    rng = np.random.default_rng(0)
+    rows, boxes = ["image,labels"], {}
+    for i in range(24):
+        img = 0.45 + 0.02 * rng.standard_normal((48, 48))
+        name = f"{i:08d}_000.png"
+        if i % 2 == 0:  # a bright 8x8 patch: the evidence, with its box
+            x0, y0 = rng.integers(2, 38, size=2)
+            img[y0:y0 + 8, x0:x0 + 8] += 0.4
+            boxes[name] = [("Mass", float(x0), float(y0), 8.0, 8.0)]
+        Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(tmp_path / name)
+        rows.append(f"{name},{'Mass' if i % 2 == 0 else 'Normal'}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    ds = ImageCSVDataset(tmp_path / "t.csv", tmp_path, 48, list(FINDINGS))
+    model = ROIModel(LocalBright(), MaskNet()).eval()  # removed pixels show the ImageNet mean, the background
+    opt = EvalOptions(keep_ratios=(0.05, 0.1), n_examples=2, workers=0, progress=False)
+    t = evaluate_model(model, ds, boxes, [BoxOracle(), Random(0)], [0.05, 0.1], 0.1, opt, torch.device("cpu"))
+    m = summarize(t, ds.labels, config("seed", fill="mean"), "ck", True, 0)
+    assert m["localization"]["n_boxes"] == 12 and m["localization"]["boxes"]["pointing_game"] == 1.0
+    assert m["localization"]["random"]["pointing_game"] < 0.5
+    oracle, rand = (m["faithfulness"][k]["comprehensiveness"]["0.1"] for k in ("boxes", "random"))
+    assert oracle > 0.5 and oracle > rand + 0.3, (oracle, rand)
+    # one more explainer is one more entry in every pass
+    for key in ("faithfulness", "kept_fraction", "leakage"):
+        assert set(m[key]) == {"boxes", "random"}, key
+    assert set(t.examples[0]["maps"]) == {"boxes", "random"}
+
+
+def test_with_a_cache_box_sizes_come_from_its_index(trained64, phantom64, tmp_path, monkeypatch):
+    from roi_consistency import evaluate
+    from roi_consistency.cache import build_cache
+    csv_path = boxed_test_set(phantom64, tmp_path)
+    build_cache([str(csv_path)], str(phantom64["images"]), 64, str(tmp_path / "cache"), workers=1, progress=False)
+
+    opened = []
+    real_open = evaluate.Image.open
+
+    def spy(fp, *a, **k):
+        if not hasattr(fp, "read"):  # a file on disk, not the report's in-memory figures
+            opened.append(fp)
+        return real_open(fp, *a, **k)
+    monkeypatch.setattr(evaluate.Image, "open", spy)
+    m = evaluate_checkpoint(str(trained64), str(csv_path), str(tmp_path / "no-images-here"),
+                            bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(tmp_path / "e"),
+                            keep_ratios=(0.1,), n_examples=1, workers=0, progress=False, cache=str(tmp_path / "cache"))
+    boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
+    assert m["localization"]["n_boxes"] == sum(len(v) for v in boxes.values())
+    assert opened == []  # no PNG was opened: the cache's index knows every size (and the images are elsewhere)

@@ -15,7 +15,7 @@ def test_preds_json_schema_and_faithfulness(trained64, phantom64, tmp_path):
               vis_limit=3, workers=0, progress=False)
     data = json.loads(out.read_text())
     ck = torch.load(trained64, weights_only=True)
-    assert data["classes"] == ck["classes"] and data["keep_ratio"] == ck["config"]["keep_ratio"]
+    assert data["classes"] == ck["classes"] and data["keep_ratio"] == ck["config"]["method"]["keep_ratio"]
     assert data["checkpoint"] == str(trained64)
     with open(phantom64["test"]) as fh:
         rows = list(csv.DictReader(fh))

@@ -3,8 +3,14 @@ import torch
 from torch import nn
 
 from roi_consistency.errors import UserError
-from roi_consistency.losses import roi_loss
+from roi_consistency.losses import joint_loss, mask_loss
 from roi_consistency.model import MaskNet, ROIModel, build_backbone, straight_through, topk_mask
+from roi_consistency.reference import joint_outputs
+
+
+def joint(model, x, mode="full"):
+    """The reference's forward on images in [0, 1]: (full, crop, drop, soft, mask)."""
+    return joint_outputs(model, model.normalize(x), mode)
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.05, 0.5])
@@ -49,11 +55,11 @@ class Brightness(nn.Module):
 @pytest.mark.parametrize("term", ["alpha", "beta"])
 def test_consistency_and_drop_terms_reach_the_mask_network(term):
     torch.manual_seed(0)
-    model = ROIModel(Brightness(), MaskNet(), keep_ratio=0.2, passes="fused").train()
+    model = ROIModel(Brightness(), MaskNet(), keep_ratio=0.2).train()
     x = torch.rand(2, 1, 16, 16) * 0.5 + 0.5
     weights = {"alpha": 0.0, "beta": 0.0, "gamma": 0.0, "delta": 0.0, term: 1.0}
-    out = model(x)
-    loss, terms = roi_loss(out, torch.zeros(2, 3), weights)
+    full, crop, drop, soft, _ = joint(model, x)
+    loss, terms = joint_loss(full, crop, drop, soft, torch.zeros(2, 3), weights)
     assert terms["consist" if term == "alpha" else "drop"] > 0
     (loss - terms["bce"]).backward()  # only the chosen term
     grads = [p.grad for p in model.mask_net.parameters()]
@@ -64,19 +70,18 @@ def test_consistency_and_drop_terms_reach_the_mask_network(term):
 def test_fused_and_separate_passes_agree_for_layernorm_backbone():
     torch.manual_seed(0)
     backbone = build_backbone("convnext_tiny", 14, pretrained=False, drop_path=0.0)
-    mask = MaskNet()
-    fused = ROIModel(backbone, mask, passes="fused").train()
-    separate = ROIModel(backbone, mask, passes="separate").train()
-    assert fused.fused_in_training and not separate.fused_in_training
+    model = ROIModel(backbone, MaskNet()).train()
+    assert model.fused  # no BatchNorm: one call on [full; crop; drop]
     x = torch.rand(2, 1, 32, 32)
-    a, b = fused(x), separate(x)
-    for k in ("full", "crop", "drop"):
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    a = joint(model, x)
+    model.fused = False
+    b = joint(model, x)
+    for u, v in zip(a[:3], b[:3]):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)
 
 
-def test_batchnorm_backbone_trains_with_separate_passes_by_default():
-    model = ROIModel(build_backbone("resnet18", 14), MaskNet())
-    assert not model.fused_in_training
+def test_batchnorm_backbone_trains_with_separate_passes():
+    assert not ROIModel(build_backbone("resnet18", 14), MaskNet()).fused
 
 
 def test_backbone_head_and_errors(tmp_path):
@@ -113,50 +118,49 @@ class RegionReader(nn.Module):
         return (10 * x[:, :, 4:12, 20:28].mean(dim=(1, 2, 3)) - 2).unsqueeze(1)
 
 
-@pytest.mark.parametrize("mask_net,mask_norm", [("tiny", "none"), ("tiny", "standardize"),
-                                                ("dilated", "standardize")])
-def test_a_few_steps_move_the_mask_onto_the_region_that_holds_the_signal(mask_net, mask_norm):
-    from roi_consistency.model import MASK_NETS
+def test_a_few_steps_move_the_reference_mask_onto_the_region_that_holds_the_signal():
     torch.manual_seed(0)
     region = torch.zeros(32, 32, dtype=torch.bool)
     region[4:12, 20:28] = True  # 64 pixels = keep ratio 1/16
     x = torch.rand(16, 1, 32, 32) * 0.3 + 0.35
     x[:, :, 4:12, 20:28] += 0.4  # the signal: the region is brighter in every (positive) image
-    model = ROIModel(RegionReader(), MASK_NETS[mask_net](), keep_ratio=64 / 1024, passes="fused",
-                     mask_norm=mask_norm).train()
+    model = ROIModel(RegionReader(), MaskNet(), keep_ratio=64 / 1024).train()
+    model.fused = True
     model.backbone.requires_grad_(False)
     opt = torch.optim.Adam(model.mask_net.parameters(), lr=1e-2)
     w = {"alpha": 1.0, "beta": 0.5, "gamma": 0.0, "delta": 0.0}
 
     def inside() -> float:
         with torch.no_grad():
-            m = model(x)["mask"][:, 0].bool()
+            m = joint(model, x)[4][:, 0].bool()
         return (m & region).sum().item() / m.sum().item()
 
     before = inside()
     for _ in range(60):
-        loss, _ = roi_loss(model(x), torch.ones(16, 1), w)
+        full, crop, drop, soft, _ = joint(model, x)
+        loss, _ = joint_loss(full, crop, drop, soft, torch.ones(16, 1), w)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert inside() > max(0.6, before + 0.3)
 
 
-def test_feature_mask_net_reads_the_backbone_without_copying_it():
-    from roi_consistency.config import TrainConfig
-    from roi_consistency.model import build_model
-    model = build_model(TrainConfig(backbone="resnet18", pretrained=False, mask_net="features").to_dict()).train()
-    out = model(torch.rand(2, 1, 64, 64))
-    assert out["mask_logits"].shape == (2, 1, 64, 64)
-    assert out["mask"].sum(dim=(1, 2, 3)).tolist() == [round(0.1 * 64 * 64)] * 2
+def test_the_methods_head_reads_the_backbone_without_copying_it():
+    from roi_consistency.config import MethodConfig, ModelConfig
+    from roi_consistency.mask_stage import mask_outputs
+    from roi_consistency.model import build_model, features_grad
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=False), MethodConfig(), 14).eval()
+    model.backbone.requires_grad_(False)
+    full, crop, drop, soft, m, cls = mask_outputs(model, model.normalize(torch.rand(2, 1, 64, 64)), 0.1, None)
+    assert soft.shape == (2, 1, 64, 64) and cls.tolist() == full.argmax(1).tolist()
+    assert m.sum(dim=(1, 2, 3)).tolist() == [round(0.1 * 64 * 64)] * 2
     assert not [k for k in model.mask_net.state_dict() if "layer" in k or "conv1" in k]
     # gradients reach the mask head, never the backbone through the feature path
-    out["soft"].sum().backward()
+    soft.sum().backward()
     assert model.mask_net.proj[0].weight.grad.abs().sum() > 0
     assert model.backbone.conv1.weight.grad is None
-    from roi_consistency.model import make_feature_mask_net
-    with pytest.raises(UserError, match="features"):
-        make_feature_mask_net(Brightness())  # no recognisable feature stages
+    with pytest.raises(UserError, match="ResNet and ConvNeXt"):
+        features_grad(Brightness(), 3)  # no recognisable feature stages
 
 
 def twin_backbones(n_classes: int):
@@ -169,9 +173,9 @@ def twin_backbones(n_classes: int):
 
 def test_crop_and_drop_passes_leave_batchnorm_running_stats_to_full_images():
     backbone, reference = twin_backbones(14)
-    model = ROIModel(backbone, MaskNet(), passes="separate").train()
+    model = ROIModel(backbone, MaskNet()).train()
     x = torch.rand(4, 1, 32, 32)
-    model(x)
+    joint(model, x)
     reference.train()(model.normalize(x))  # the full image alone
     torch.testing.assert_close(backbone.bn1.running_mean, reference.bn1.running_mean)
     torch.testing.assert_close(backbone.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
@@ -196,11 +200,9 @@ class TwoRegionReader(nn.Module):
                             10 * x[:, :, self.B[0], self.B[1]].mean(dim=(1, 2, 3)) - 2], 1)
 
 
-@pytest.mark.parametrize("grad", [False, True])
-def test_per_class_head_moves_each_class_mask_onto_its_own_evidence(grad):
-    from roi_consistency.losses import mask_stage_loss
-    from roi_consistency.model import make_feature_mask_net
-    from roi_consistency.train import class_pairs
+def test_per_class_head_moves_each_class_mask_onto_its_own_evidence():
+    from roi_consistency.mask_stage import class_pairs, mask_outputs
+    from roi_consistency.model import features_grad
     torch.manual_seed(0)
     n = 24
     y = torch.zeros(n, 2)
@@ -212,62 +214,58 @@ def test_per_class_head_moves_each_class_mask_onto_its_own_evidence(grad):
     x[:, :, A[0], A[1]] += 0.4 * y[:, 0].view(-1, 1, 1, 1)
     x[:, :, B[0], B[1]] += 0.4 * y[:, 1].view(-1, 1, 1, 1)
     backbone = TwoRegionReader()
-    model = ROIModel(backbone, make_feature_mask_net(backbone, out_channels=2, fine=grad, grad=grad),
-                     keep_ratio=64 / 1024, mask_norm="standardize").eval()
-    assert model.class_specific
-    model.frozen_backbone = True
+    model = ROIModel(backbone, features_grad(backbone, 2), keep_ratio=64 / 1024).eval()
     opt = torch.optim.Adam(model.mask_net.parameters(), lr=1e-2)
     w = {"alpha": 1.0, "beta": 2.0, "gamma": 0.0, "delta": 0.0}
+    xn = model.normalize(x)
 
     def share_inside(cls: int, square) -> float:
         """Share of class `cls`'s mask inside `square`, on the images that have both findings."""
-        with torch.no_grad():
-            m = model(x[2 * n // 3:], cls=torch.full((n - 2 * n // 3,), cls))["mask"][:, 0].bool()
+        m = mask_outputs(model, xn[2 * n // 3:], model.keep_ratio, torch.full((n - 2 * n // 3,), cls))[4]
+        m = m[:, 0].bool()
         return m[:, square[0], square[1]].sum().item() / m.sum().item()
 
-    before = share_inside(0, A), share_inside(1, B)
     rows, cls = class_pairs(y)
     for _ in range(80):
-        out = model(x[rows], cls=cls)
-        loss, _ = mask_stage_loss(out, y[rows], w, torch.nn.functional.one_hot(out["explained"], 2))
+        full, crop, drop, soft, _, explained = mask_outputs(model, xn[rows], model.keep_ratio, cls)
+        loss, _ = mask_loss(full, crop, drop, soft, y[rows], torch.nn.functional.one_hot(explained, 2), w)
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = share_inside(0, A), share_inside(1, B)
-    if grad:  # reading the class's attribution, even the untrained head leans onto the evidence; training finishes
-        assert min(after) > 0.95, (before, after)
-    else:
-        assert after[0] > max(0.7, before[0] + 0.3) and after[1] > max(0.7, before[1] + 0.3), (before, after)
+    # reading the class's attribution, even the untrained head leans onto the evidence; training finishes
+    assert min(after) > 0.95, after
     # with no class given, each image's mask explains its most probable class
-    out = model(x[:4])
-    assert out["explained"].tolist() == [0, 0, 0, 0]
+    assert model.explain(xn[:4]).cls.tolist() == [0, 0, 0, 0]
 
 
 def test_evalx_pass_masks_only_the_first_images_and_keeps_bn_stats_for_full_images():
+    from roi_consistency.classifier_stage import evalx_logits
     backbone, reference = twin_backbones(3)
-    model = ROIModel(backbone, MaskNet(), passes="auto").train()
+    model = ROIModel(backbone, MaskNet()).train()
     x = torch.rand(6, 1, 32, 32)
-    out = model(x, keep_ratio=0.25, evalx=2)
-    assert out["full"].shape == (6, 3) and out["masked"].shape == (2, 3)
+    full, masked = evalx_logits(model, model.normalize(x), 2, 0.25)
+    assert full.shape == (6, 3) and masked.shape == (2, 3)
     reference.train()(model.normalize(x))
     torch.testing.assert_close(backbone.bn1.running_mean, reference.bn1.running_mean)
     assert all(p.grad is None for p in model.mask_net.parameters())  # the mask net never ran
 
 
-def test_frozen_backbone_path_matches_the_plain_one_and_trains_only_the_mask():
-    from roi_consistency.config import TrainConfig
+def test_mask_stage_outputs_are_the_frozen_classifiers_and_train_only_the_mask():
+    from roi_consistency.config import MethodConfig, ModelConfig
+    from roi_consistency.mask_stage import mask_outputs
     from roi_consistency.model import build_model
     torch.manual_seed(0)
-    model = build_model(TrainConfig(backbone="resnet18", pretrained=False, mask_net="features").to_dict()).eval()
-    x = torch.rand(3, 1, 64, 64)
-    with torch.no_grad():
-        plain = model(x)
-    model.frozen_backbone = True
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=False), MethodConfig(), 14).eval()
     model.backbone.requires_grad_(False)
-    out = model(x)
-    for k in ("full", "crop", "drop"):
-        torch.testing.assert_close(out[k], plain[k], atol=1e-4, rtol=1e-4)
-    (out["crop"].sum() - out["drop"].sum()).backward()
+    xn = model.normalize(torch.rand(3, 1, 64, 64))
+    full, crop, drop, soft, m, cls = mask_outputs(model, xn, 0.1, torch.tensor([2, -1, 5]))
+    with torch.no_grad():
+        plain = model.backbone(torch.cat([xn, *model.crop_drop(xn, m)])).chunk(3)
+    for got, want in zip((full, crop, drop), plain):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert cls.tolist() == [2, int(full[1].argmax()), 5]
+    (crop.sum() - drop.sum()).backward()
     assert model.mask_net.proj[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.backbone.parameters())
 
@@ -292,7 +290,7 @@ def test_normal_fill_puts_the_fill_image_where_pixels_are_removed():
 
 
 def test_class_pairs_pair_each_image_with_each_of_its_findings():
-    from roi_consistency.train import class_pairs
+    from roi_consistency.mask_stage import class_pairs
     rows, cls = class_pairs(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]))
     assert rows.tolist() == [0, 2, 2] and cls.tolist() == [0, 0, 2]  # the normal image has nothing to explain
     rows, cls = class_pairs(torch.zeros(3, 2))  # a batch of normal images still trains: most probable class

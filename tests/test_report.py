@@ -30,9 +30,13 @@ def _metrics(localization=True):
                                                                    ("boxes", 0.9234))}}
     return {"n_images": 40, "classes": classes, "keep_ratio": 0.1, "checkpoint": "runs/x/<best>.pt",
             "fill": "ImageNet mean",
-            "auroc": {k: {"Mass": v, "Nodule <b>": v - 0.1, "Hernia": None}
-                      for k, v in (("full", 0.9123), ("crop", 0.8), ("drop", 0.6))},
-            "mean_auroc": {"full": 0.8623, "crop": 0.75, "drop": 0.55},
+            "maps": ["learned", "gradcam", "random"],
+            "auroc": {"full": {"Mass": 0.9123, "Nodule <b>": 0.8123, "Hernia": None},
+                      **{k: {m: {"Mass": v, "Nodule <b>": v - 0.1, "Hernia": None} for m in ("learned", "gradcam",
+                                                                                           "random")}
+                         for k, v in (("crop", 0.8), ("drop", 0.6))}},
+            "mean_auroc": {"full": 0.8623, "crop": {"learned": 0.75, "gradcam": 0.7, "random": 0.5},
+                           "drop": {"learned": 0.5512, "gradcam": 0.6, "random": 0.8}},
             "kept_fraction": {"learned": 0.1, "gradcam": 0.1, "random": 0.1},
             "faithfulness": faith, "localization": loc if localization else None,
             "box_control": box_control if localization else None, "leakage": leak,
@@ -83,7 +87,7 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "data:image/png;base64," in text
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", text, re.I)
     assert "http://" not in text and "https://" not in text and "<script" not in text
-    assert "0.862" in text  # mean AUROC, full
+    assert "0.862" in text and "0.551" in text  # mean AUROC, full, and drop for the learned map
     assert f"{0.41234 * 0.1 ** 0.3:.3f}" in text  # learned comprehensiveness at r = 0.1
     assert "0.714" in text  # pointing game, learned
     assert "p, box removed" in text and "0.042" in text  # the true box as the region, per finding

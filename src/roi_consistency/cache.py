@@ -7,6 +7,7 @@
 Decoding a 1024-px NIH PNG costs milliseconds of CPU; reading a cached row costs microseconds, so the
 loader stops being the bottleneck. Layout of OUT:
 - images.u8   raw uint8 array [N, size, size] (numpy memmap)
+- sizes.u32   each source file's own (width, height), [N, 2]: box coordinates refer to it
 - done.u8     one byte per row, 1 once that row is written and flushed (what makes a build resumable)
 - index.json  names (row order), size, source folder, and "complete": true only after every row is done
 A reader refuses a cache whose index does not say complete, so an interrupted build never passes
@@ -22,30 +23,28 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from roi_consistency.data import load_image, read_label_csv
+from roi_consistency.atomic import write_json
+from roi_consistency.data import decode_image, read_label_csv
 from roi_consistency.errors import UserError
 from roi_consistency.labels import FINDINGS
 
 CHUNK = 64  # rows per task: large enough to amortise process overhead, small enough to resume cheaply
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def _fill_rows(out: str, n: int, size: int, root: str, rows: list[tuple[int, str]]):
     """Worker: decode rows into the memmap and flush. Returns (done row ids, [(name, error)])."""
     arr = np.memmap(Path(out) / "images.u8", dtype=np.uint8, mode="r+", shape=(n, size, size))
+    sizes = np.memmap(Path(out) / "sizes.u32", dtype=np.uint32, mode="r+", shape=(n, 2))
     done, bad = [], []
     for i, name in rows:
         try:
-            arr[i] = load_image(Path(root) / name, size)[0].numpy()
+            img, sizes[i] = decode_image(Path(root) / name, size)
+            arr[i] = img[0].numpy()
             done.append(i)
         except UserError as exc:
             bad.append((name, str(exc)))
     arr.flush()
+    sizes.flush()
     return done, bad
 
 
@@ -59,12 +58,15 @@ def build_cache(csvs: list[str], image_root: str, size: int, out: str, workers: 
     index = {"names": names, "size": size, "source": str(Path(image_root).resolve()), "complete": False}
     n = len(names)
     old = json.loads(index_path.read_text()) if index_path.is_file() else None
-    fresh = not old or old.get("names") != names or old.get("size") != size
-    if fresh:  # different images or size: start over
-        for f in ("images.u8", "done.u8"):
+    # different images or size, or a cache from before source sizes were recorded: start over
+    fresh = (not old or old.get("names") != names or old.get("size") != size
+             or not (out_dir / "sizes.u32").is_file())
+    if fresh:
+        for f in ("images.u8", "sizes.u32", "done.u8"):
             (out_dir / f).unlink(missing_ok=True)
-        _write_json(index, index_path)
+        write_json(index_path, index, indent=None)
         np.memmap(out_dir / "images.u8", dtype=np.uint8, mode="w+", shape=(n, size, size)).flush()
+        np.memmap(out_dir / "sizes.u32", dtype=np.uint32, mode="w+", shape=(n, 2)).flush()
         np.memmap(out_dir / "done.u8", dtype=np.uint8, mode="w+", shape=(n,)).flush()
     elif old.get("complete"):
         return old
@@ -91,7 +93,7 @@ def build_cache(csvs: list[str], image_root: str, size: int, out: str, workers: 
         raise UserError(f"{len(bad)} images could not be read; the cache is left incomplete (fix or remove "
                         f"them from the CSVs, then run cache again):\n  {listing}")
     index["complete"] = True
-    _write_json(index, index_path)
+    write_json(index_path, index, indent=None)
     return index
 
 
@@ -112,7 +114,14 @@ class ImageCache:
             raise UserError(f"--cache {path} holds {self.size}-px images but --img-size is {img_size}: that "
                             f"would upsample. Rebuild the cache with --size {img_size} or more.")
         self.row = {n: i for i, n in enumerate(self.names)}
+        sizes = self.path / "sizes.u32"  # absent in caches built before it was recorded
+        self.sizes = np.fromfile(sizes, dtype=np.uint32).reshape(-1, 2) if sizes.is_file() else None
         self._arr = None
+
+    def source_size(self, name: str) -> tuple[int, int] | None:
+        """The (width, height) of the file a cached image came from (None: not recorded)."""
+        i = self.row.get(name)
+        return None if self.sizes is None or i is None else (int(self.sizes[i, 0]), int(self.sizes[i, 1]))
 
     def get(self, name: str):
         import torch

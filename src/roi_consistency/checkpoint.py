@@ -1,24 +1,33 @@
-"""Checkpoints: plain dicts of tensors, numbers, strings and lists, written atomically, loaded with
-`torch.load(weights_only=True)` (no pickled classes, so loading never runs foreign code)."""
+"""Checkpoints: plain dicts of tensors, numbers, strings and lists, written atomically and loaded with
+`torch.load(weights_only=True)` (no pickled classes, so loading never runs foreign code), and the one
+way every stage gets a trained model back.
+
+Layout (format roi-consistency/2):
+    format, config (grouped, see config.py), classes, backbone, mask_net, fill_image,
+    stage              the stage in progress, or the last one that ran: classifier | mask | joint
+    progress           {stage: {"epoch": epochs finished, "batch": micro-batches into the next, "step"}}
+    optim              {stage: {"optimizer", "scheduler"}} for each stage that ran
+    step               optimizer steps over all stages;  rng: the RNG state at that step boundary
+    history            one row per finished epoch;  best: {"stage", "key", "value"} or None
+Format roi-consistency/1 (a flat config, one optimizer for both stages) still loads for infer, evaluate
+and --weights, meaning what it meant; it cannot be resumed.
+"""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from roi_consistency.atomic import atomic_write
+from roi_consistency.config import TrainConfig
 from roi_consistency.errors import UserError
 
-FORMAT = "roi-consistency/1"
+FORMAT = "roi-consistency/2"
+READABLE = (FORMAT, "roi-consistency/1")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -29,9 +38,31 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise UserError(f"checkpoint {path} could not be loaded ({exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE:
         raise UserError(f"{path} is not a roi-consistency checkpoint")
     return ckpt
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> TrainConfig:
+    """The config a checkpoint was trained with (a flat one upgraded), or a UserError naming the file."""
+    try:
+        return TrainConfig.from_dict(ckpt["config"])
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu"):
+    """(model in eval mode on `device`, its TrainConfig) from a checkpoint: classes, image size,
+    normalisation, keep ratio and fill always come from there."""
+    from roi_consistency.model import build_model
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    model = build_model(cfg.model, cfg.method, len(cfg.data.classes), load_pretrained=False)
+    model.backbone.load_state_dict(ckpt["backbone"])
+    model.mask_net.load_state_dict(ckpt["mask_net"])
+    model.set_fill(ckpt.get("fill_image"))
+    # channels-last weights make every conv run channels-last (faster on CUDA and CPU alike)
+    return model.to(device, memory_format=torch.channels_last).eval(), cfg
 
 
 def best_path(path: str | Path) -> Path:

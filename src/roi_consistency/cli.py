@@ -8,11 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from roi_consistency import __version__
-from roi_consistency.config import MODES, PRESETS, TrainConfig, apply_preset
+from roi_consistency.config import GROUP_OF, MODES, PRESETS, TrainConfig, config
 from roi_consistency.errors import UserError
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
@@ -45,131 +44,93 @@ def _phantom(a: argparse.Namespace) -> None:
           f"{s['n_train_val']} train+val / {s['n_test']} test, {s['n_boxes']} boxes -> {s['out']}")
 
 
-# (field, flags, help); the default shown in --help is the TrainConfig field's default.
+# (setting, flag, help, hidden aliases: the reference pipeline's spellings). The default shown in --help
+# is the setting's default without a preset.
 TRAIN_FLAGS = [
-    ("train_csv", ["--train-csv", "--train_csv"], "training CSV (image,labels)"),
-    ("val_csv", ["--val-csv", "--val_csv"], "validation CSV, evaluated after every epoch"),
-    ("image_root", ["--image-root", "--image_root"], "folder holding the images named in the CSVs"),
-    ("img_size", ["--img-size", "--img_size"], "side of the square model input in pixels"),
-    ("img_size_start", ["--img-size-start"], "progressive resizing: the first epoch's input size, growing "
-     "linearly to --img-size over the epochs that train the classifier (0, or --img-size or more: off)"),
-    ("cache", ["--cache"], "read images from a cache built by `roi-consistency cache` instead of PNGs"),
-    ("backbone", ["--backbone"], "any torchvision classification model name (resnet18 is fast on CPU)"),
-    ("weights", ["--weights"], "local state dict to initialise the backbone (instead of downloading)"),
-    ("drop_path", ["--drop-path", "--drop_path"], "stochastic depth for ConvNeXt/Swin/EfficientNet "
-     "(torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning)"),
-    ("mask_net", ["--mask-net", "--mask_net"], "mask network: tiny (the reference 3->16->32->1 convs, 7x7 view), "
-     "dilated (context of ~130 px), features (a head on the classifier's own feature maps, strides 8-32), "
-     "features_fine (strides 4-32, for small lesions) or features_grad (features_fine that also reads the "
-     "classifier's gradient x (input - fill) for the class it explains, so its maximum lands on small "
-     "lesions; one map per (image, class))"),
-    ("mask_head", ["--mask-head"], "shared: one head for every class; per_class: one map per class (features "
-     "nets); auto: per_class for the features nets, else shared. A class-specific map is trained on every "
-     "(image, true finding) pair in the two_stage mask stage and drawn for the most probable class in infer"),
-    ("mask_norm", ["--mask-norm"], "standardize the mask logits per image before the sigmoid, so the soft mask "
-     "cannot saturate and the straight-through gradient keeps flowing; none = the reference"),
-    ("keep_ratio", ["--keep-ratio", "--keep_ratio"], "share of pixels the binary mask keeps (exactly)"),
-    ("fill", ["--fill"], "what removed pixels show: mean (the ImageNet mean grey; the reference) or normal (the "
-     "same pixel of the mean training image without findings, stored in the checkpoint)"),
-    ("passes", ["--passes"], "backbone passes while training: fused = one call on [full; crop; drop], "
-     "separate = three calls; auto = separate for BatchNorm backbones (batch statistics would mix)"),
-    ("mode", ["--mode"], "full, or an ablation/control: standard (no mask), random_mask (these two train "
-     "jointly: there is no mask stage), no_consist, no_drop, no_sparse, no_tv"),
-    ("alpha", ["--alpha"], "weight of the crop term: |p_full - p_crop| (or its --mask-loss bce form)"),
-    ("beta", ["--beta"], "weight of the drop term: relu(p_drop - p_full) in joint training; p_drop of the true "
-     "findings (or -log(1 - p_drop)) in the two_stage mask stage"),
-    ("gamma", ["--gamma"], "weight of mean(soft mask)"),
-    ("delta", ["--delta"], "weight of the soft mask's total variation"),
-    ("objective", ["--objective"], "joint: all terms from the start (the reference); two_stage: classifier first "
-     "(full + random-mask images, label kept), then the mask network against the frozen classifier"),
-    ("mask_start_epoch", ["--mask-start-epoch"], "two_stage: the epoch (0-based) where mask training starts "
-     "(None: about 5/8 of --epochs)"),
-    ("mask_loss", ["--mask-loss"], "two_stage: mask terms as |p_full - p_crop| and p_drop (prob) or as "
-     "KL(p_full||p_crop) and -log(1 - p_drop) (bce: no vanishing gradient where the sigmoid saturates), "
-     "or KL and log(1 + odds(p_drop)/odds(p_full)) (odds: removal scored relative to the full image, so "
-     "faint findings pull as hard as obvious ones)"),
-    ("min_keep_ratio", ["--min-keep-ratio"], "two_stage: each mask-stage batch draws its keep ratio between this "
-     "and --keep-ratio (log-uniform), so the map's top pixels, not just its top share, hold the evidence; "
-     "also the smallest random region of the classifier stage (log-uniform up to 60%%); "
-     "0 = always --keep-ratio (and 5-60%% uniform)"),
-    ("evalx_weight", ["--evalx-weight"], "two_stage: weight of the random-mask BCE in the classifier stage "
-     "(that share of each batch is shown again under a random mask)"),
-    ("mask_lr", ["--mask-lr"], "two_stage: learning rate of the mask network (default: --lr)"),
-    ("epochs", ["--epochs"], "number of epochs"),
-    ("batch_size", ["--batch-size", "--batch_size"], "images per micro-batch per process"),
-    ("accum_steps", ["--accum-steps", "--accum_steps"], "micro-batches per optimizer step"),
-    ("lr", ["--lr"], "AdamW peak learning rate (linear warm-up, then cosine decay)"),
-    ("weight_decay", ["--weight-decay", "--weight_decay"], "AdamW weight decay"),
-    ("warmup_frac", ["--warmup-frac"], "share of all optimizer steps spent warming up"),
-    ("seed", ["--seed"], "seed for weights, data order and augmentation"),
-    ("max_steps", ["--max-steps"], "stop (with a checkpoint) after this many optimizer steps"),
-    ("device", ["--device"], "auto picks CUDA when available"),
-    ("workers", ["--workers"], "DataLoader worker processes"),
-    ("save", ["--save"], "checkpoint path; the best by val mean AUROC goes beside it as *.best.pt"),
-    ("save_every", ["--save-every"], "also save every N optimizer steps (0: only after each epoch)"),
-    ("log_csv", ["--log-csv"], "per-epoch metrics CSV (default: beside --save, *.log.csv)"),
-    ("log_every", ["--log-every"], "optimizer steps between loss logs (host syncs)"),
-    ("tensorboard", ["--tensorboard"], "write TensorBoard scalars to this folder (needs tensorboard)"),
+    ("train_csv", "--train-csv", "training CSV (image,labels)", ["--train_csv"]),
+    ("val_csv", "--val-csv", "validation CSV, scored after every epoch", ["--val_csv"]),
+    ("image_root", "--image-root", "folder holding the images named in the CSVs", ["--image_root"]),
+    ("cache", "--cache", "read images from a cache built by `roi-consistency cache` instead of PNGs", []),
+    ("backbone", "--backbone", "any torchvision classification model (resnet18 is fast on CPU; the method's "
+     "mask head reads ResNet and ConvNeXt stages)", []),
+    ("weights", "--weights", "local state dict, or a checkpoint of this tool, for the classifier (instead of "
+     "downloading ImageNet weights)", []),
+    ("img_size", "--img-size", "side of the square model input in pixels", ["--img_size"]),
+    ("img_size_start", "--img-size-start", "progressive resizing: the first classifier epoch's input size, "
+     "growing to --img-size by the last one (0: off)", []),
+    ("mode", "--mode", "full, or an ablation of the reference (--preset seed): standard (no mask), random_mask "
+     "(a random region; these two train jointly), no_consist, no_drop, no_sparse, no_tv", []),
+    ("keep_ratio", "--keep-ratio", "share of pixels the binary mask keeps (exactly)", ["--keep_ratio"]),
+    ("epochs", "--epochs", "stage 1: classifier epochs (joint training: every epoch); 0: train only the mask, "
+     "against the classifier in --weights", []),
+    ("mask_epochs", "--mask-epochs", "stage 2: epochs of the mask against the frozen classifier; 0: only the "
+     "classifier", []),
+    ("batch_size", "--batch-size", "images per micro-batch per process", ["--batch_size"]),
+    ("accum_steps", "--accum-steps", "micro-batches per optimizer step", ["--accum_steps"]),
+    ("lr", "--lr", "AdamW peak learning rate of the classifier (linear warm-up, then cosine decay)", []),
+    ("mask_lr", "--mask-lr", "peak learning rate of the mask network (default: --lr)", []),
+    ("seed", "--seed", "seed for weights, data order and augmentation", []),
+    ("max_steps", "--max-steps", "stop, with a resumable checkpoint, after this many optimizer steps in all", []),
+    ("save", "--save", "checkpoint path; the best epoch goes beside it as *.best.pt, the log as *.log.csv", []),
+    ("save_every", "--save-every", "also save every N optimizer steps (0: after each epoch only)", []),
+    ("device", "--device", "auto picks CUDA when available", []),
+    ("workers", "--workers", "DataLoader worker processes", []),
+    ("tensorboard", "--tensorboard", "also write TensorBoard scalars to this folder (needs tensorboard)", []),
 ]
-CHOICES = {"mode": MODES, "passes": ("auto", "fused", "separate"), "device": ("auto", "cpu", "cuda"),
-           "mask_net": ("tiny", "dilated", "features", "features_fine", "features_grad"),
-           "objective": ("joint", "two_stage"),
-           "mask_norm": ("standardize", "none"), "mask_head": ("auto", "shared", "per_class"),
-           "mask_loss": ("prob", "bce", "odds"), "fill": ("mean", "normal")}
-
-
-# flags whose default is None
-OPTIONAL_TYPES = {"img_size_start": int, "max_steps": int, "mask_lr": float, "mask_start_epoch": int}
+CHOICES = {"mode": MODES, "device": ("auto", "cpu", "cuda")}
+OPTIONAL_TYPES = {"img_size_start": int, "max_steps": int, "mask_lr": float}  # settings whose default is None
+NOT_FLAGS = {"func", "command", "preset"}
 
 
 def _add_train_args(t: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    for name, flags, text in TRAIN_FLAGS:
-        default = getattr(defaults, name)
+    for name, flag, text, aliases in TRAIN_FLAGS:
+        default = getattr(getattr(defaults, GROUP_OF[name]), name)
         kind = type(default) if default is not None else OPTIONAL_TYPES.get(name, str)
-        t.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
+        t.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
                        help=f"{text} (default: {default})")
+        for alias in aliases:
+            t.add_argument(alias, dest=name, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     t.add_argument("--preset", choices=list(PRESETS), default=argparse.SUPPRESS,
-                   help="a named group of defaults; explicit flags still win. seed: the reference "
-                        "pipeline; cpu-demo: a few minutes on CPU (phantom data); nih: real data on GPUs")
+                   help="a named group of defaults; flags given still win. seed: the reference pipeline (joint "
+                        "training, tiny mask net); cpu-demo: minutes on a CPU (phantom data); nih: NIH on GPUs")
     t.add_argument("--pretrained", dest="pretrained", action=argparse.BooleanOptionalAction,
-                   default=argparse.SUPPRESS, help="load torchvision's ImageNet weights (default: on)")
-    t.add_argument("--augment", dest="augment", action=argparse.BooleanOptionalAction,
-                   default=argparse.SUPPRESS, help="mild random-resized crop + rotation, no flip (default: on)")
+                   default=argparse.SUPPRESS, help="start from torchvision's ImageNet weights (default: on)")
     t.add_argument("--bf16", dest="bf16", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
-    t.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
-                   default=argparse.SUPPRESS, help="channels-last memory format (default: on)")
-    t.add_argument("--device-transforms", dest="device_transforms", action=argparse.BooleanOptionalAction,
-                   default=argparse.SUPPRESS, help="with --cache: resize and augment whole batches on the device "
-                   "instead of per image in the loader workers (default: on for CUDA)")
     t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="torch.compile the training forward (default: off; see BENCHMARKS.md)")
     t.add_argument("--resume", nargs="?", const=True, default=argparse.SUPPRESS, metavar="PATH",
-                   help="continue from --save (or PATH): same epoch, step, optimizer, schedule and RNG")
+                   help="continue from --save (or PATH), in whichever stage it stopped: same position, optimizer, "
+                        "schedule and RNG; the model, method and optimisation settings come from the checkpoint")
 
 
-def train_config_from_args(a: argparse.Namespace) -> TrainConfig:
-    given = {k: v for k, v in vars(a).items() if k not in ("func", "command")}
-    cfg = apply_preset(TrainConfig(), given.pop("preset", None))
-    cfg = dataclasses.replace(cfg, **given)
-    if cfg.resume is True:
-        cfg.resume = cfg.save
-    if cfg.weights:
-        cfg.pretrained = True  # --weights replaces the download, not the intent
-    return cfg
+def train_config_from_args(a: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    """The config the flags (and preset) ask for, and the settings the command line gave: a preset's
+    run and data settings count as given, so `--preset X --resume` runs to the preset's epoch counts."""
+    explicit = {k: v for k, v in vars(a).items() if k not in NOT_FLAGS}
+    preset = getattr(a, "preset", None)
+    if explicit.get("resume") is True:
+        explicit["resume"] = explicit.get("save", config(preset).run.save)
+    if explicit.get("img_size_start") == 0:
+        explicit["img_size_start"] = None
+    if explicit.get("weights"):
+        explicit.setdefault("pretrained", True)  # --weights replaces the download, not the intent
+    given = set(explicit)
+    if preset is not None:
+        given |= {"preset"} | {k for k in PRESETS[preset] if GROUP_OF[k] in ("data", "run")}
+    return config(preset, **explicit), given
 
 
 def _train(a: argparse.Namespace) -> None:
     from roi_consistency.train import fit
-    fit(train_config_from_args(a))
+    fit(*train_config_from_args(a))
 
 
 def _infer(a: argparse.Namespace) -> None:
     from roi_consistency.infer import format_table, infer_csv, infer_image
     if a.image:
-        res = infer_image(a.checkpoint, a.image, a.keep_ratio, a.out, a.save_mask,
-                          a.save_crop, a.vis_dir, a.device)
+        res = infer_image(a.checkpoint, a.image, a.keep_ratio, a.out, a.save_mask, a.save_crop, a.vis_dir, a.device)
         print(format_table(res["predictions"][0]))
         return
     if a.save_mask or a.save_crop:
@@ -182,6 +143,7 @@ def _infer(a: argparse.Namespace) -> None:
 
 def _evaluate(a: argparse.Namespace) -> None:
     from roi_consistency.evaluate import evaluate_checkpoint
+    from roi_consistency.report import format_summary
     try:
         ratios = [float(v) for v in a.keep_ratios.split(",") if v.strip()]
     except ValueError:
@@ -190,34 +152,7 @@ def _evaluate(a: argparse.Namespace) -> None:
         raise UserError(f"--keep-ratios {a.keep_ratios}: each ratio must be between 0 and 1")
     m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, ratios, a.batch_size, a.device,
                             a.examples, a.seed, a.workers, cache=a.cache)
-    r = str(m["keep_ratio"])
-    f, loc = m["faithfulness"], m["localization"]
-
-    def fmt(v, spec: str = ".4f") -> str:
-        return "n/a" if v is None else format(v, spec)
-    print(f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}")
-    for k in ("learned", "gradcam", "random"):
-        line = (f"  {k:8s} comprehensiveness@{r} {fmt(f[k]['comprehensiveness'][r], '+.4f')}  "
-                f"sufficiency@{r} {fmt(f[k]['sufficiency'][r], '+.4f')}  kept {fmt(m['kept_fraction'][k])}")
-        if loc:
-            line += f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}"
-        print(line)
-    control = m.get("box_control") or {}
-    if loc and control:
-        print("  per finding: pointing learned / gradcam; p_full -> p with the true box removed")
-        for c, bc in control.items():
-            pc = {k: loc[k]["pointing_by_class"].get(c) for k in ("learned", "gradcam")}
-            print(f"    {c:20s} {fmt(pc['learned'], '.2f')} / {fmt(pc['gradcam'], '.2f')}   "
-                  f"{bc['p_full']:.2f} -> {bc['p_drop_box']:.2f}  ({bc['n']} boxes)")
-    leak = m.get("leakage") or {}
-    if leak:
-        print("  labels predicted from the mask alone (leakage, ~0.5 is good): "
-              + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in leak.items() if v["mean_auroc"] is not None))
-    boxed = m.get("leakage_boxed") or {}
-    if boxed:
-        print(f"  the same on the {boxed['n_images']} boxed images, against the true boxes as the reference: "
-              + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in boxed.items()
-                          if isinstance(v, dict) and v["mean_auroc"] is not None))
+    print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
 
@@ -232,19 +167,11 @@ def _screenshot(a: argparse.Namespace) -> None:
     print(screenshot(a.html, a.out, a.width, a.height, a.section))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="roi-consistency",
-        description="Train a chest X-ray classifier on NIH ChestX-ray14 with a learned region-of-interest "
-                    "mask, and measure whether the model relies on the region it highlights.",
-        epilog="Run `roi-consistency COMMAND --help` for the flags of each command.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_data_commands(sub) -> None:
     d = sub.add_parser("download", formatter_class=HELP, help="fetch NIH ChestX-ray14 from Kaggle",
-                       description="Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with "
-                                   "kagglehub. The cache folder follows $KAGGLEHUB_CACHE. Prints the "
-                                   "dataset folder on the last line of stdout.")
+                       description="Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with kagglehub. The "
+                                   "cache folder follows $KAGGLEHUB_CACHE. Prints the dataset folder on the last "
+                                   "line of stdout.")
     d.add_argument("--dest", help="also make the dataset available at this path (a symlink to the "
                                   "kagglehub cache, or a copy with --copy)")
     d.add_argument("--copy", action="store_true", help="with --dest: copy the files instead of linking")
@@ -261,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("make-csv", formatter_class=HELP, help="write the train/val/test CSVs",
                        description="Build nih_roi_{train,val,test}.csv (columns image,labels) from "
-                                   "Data_Entry_2017.csv and the official test_list.txt / "
-                                   "train_val_list.txt. Validation patients are drawn from train_val "
-                                   "by patient, so no patient is in two splits.")
+                                   "Data_Entry_2017.csv and the official test_list.txt / train_val_list.txt. "
+                                   "Validation patients are drawn from train_val by patient, so no patient is "
+                                   "in two splits.")
     m.add_argument("--data-root", "--data_root", required=True,
                    help="folder with Data_Entry_2017.csv, train_val_list.txt and test_list.txt")
     m.add_argument("--image-root", "--image_root",
@@ -276,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out rows whose image is missing (with a warning) instead of failing")
     m.set_defaults(func=_make_csv)
 
+
+def _add_phantom_and_cache(sub) -> None:
     ph = sub.add_parser("phantom", formatter_class=HELP, help="generate the built-in phantom dataset",
                         description="Write a synthetic chest-film dataset in the exact Kaggle NIH layout "
                                     "(shards, Data_Entry_2017.csv, BBox_List_2017.csv, split lists), "
@@ -290,59 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(func=_phantom)
 
-    t = sub.add_parser("train", help="train the classifier and its ROI mask",
-                       description="Train a torchvision backbone with the ROI-consistency losses on "
-                                   "image,labels CSVs. Under torchrun it trains with DDP on every rank.",
-                       epilog="example: roi-consistency train --preset cpu-demo --train-csv "
-                              "runs/demo/csv/nih_roi_train.csv --val-csv runs/demo/csv/nih_roi_val.csv "
-                              "--image-root runs/demo/phantom/images")
-    _add_train_args(t)
-    t.set_defaults(func=_train)
-
-    i = sub.add_parser("infer", formatter_class=HELP, help="predict full/crop/drop probabilities, write preds.json",
-                       description="Score images with a trained checkpoint: probabilities on the full image, "
-                                   "the crop (mask kept) and the drop (mask removed), and faithfulness = "
-                                   "p_full - p_drop per class. Classes, image size and normalisation come from "
-                                   "the checkpoint.")
-    i.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
-    src = i.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", help="CSV with an image column (and labels, if known)")
-    src.add_argument("--image", help="one image file; prints a table")
-    i.add_argument("--image-root", "--image_root", default=".", help="folder of the images named in --csv")
-    i.add_argument("--keep-ratio", "--keep_ratio", type=float, default=None,
-                   help="share of pixels the mask keeps (default: the checkpoint's)")
-    i.add_argument("--out", "--save_json", default=None,
-                   help="predictions JSON to write (default: preds.json with --csv; none with --image)")
-    i.add_argument("--vis-dir", "--save_vis_dir", default=None,
-                   help="write <image>_overlay.png, _crop.png and _drop.png here")
-    i.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
-    i.add_argument("--vis-limit", type=int, default=16, help="how many images get overlays")
-    i.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    i.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    i.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
-    i.add_argument("--save-mask", help="with --image: write the binary mask PNG here")
-    i.add_argument("--save-crop", help="with --image: write the crop (what the model sees) here")
-    i.set_defaults(func=_infer)
-
-    e = sub.add_parser("evaluate", formatter_class=HELP, help="metrics.json and report.html against ground truth",
-                       description="AUROC of full/crop/drop, comprehensiveness and sufficiency over keep ratios, "
-                                   "and localisation against boxes (pointing game, IoBB) for the learned mask, "
-                                   "Grad-CAM and a random mask of the same area, on the same model.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
-    e.add_argument("--csv", required=True, help="test CSV (image,labels)")
-    e.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
-    e.add_argument("--bbox", default=None, help="BBox_List_2017.csv for localisation (omit: localization null)")
-    e.add_argument("--out-dir", default="eval", help="where metrics.json and report.html go")
-    e.add_argument("--keep-ratios", default="0.01,0.05,0.1,0.2,0.5",
-                   help="keep ratios for comprehensiveness/sufficiency (the checkpoint's is always added)")
-    e.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    e.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
-    e.add_argument("--examples", type=int, default=8, help="example images in the report")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random-mask control")
-    e.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
-    e.set_defaults(func=_evaluate)
-
     c = sub.add_parser("cache", formatter_class=HELP, help="decode images once into a memory-mapped array",
                        description="Decode every image named in the CSVs once (one channel, antialiased resize "
                                    "to --size) into a uint8 memory-mapped array that train/infer/evaluate read "
@@ -355,6 +231,56 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=_cache)
 
+
+def _add_scoring_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    p.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+
+
+def _add_infer(sub) -> None:
+    i = sub.add_parser("infer", formatter_class=HELP, help="predict full/crop/drop probabilities, write preds.json",
+                       description="Score images with a trained checkpoint: probabilities on the full image, the "
+                                   "crop (mask kept) and the drop (mask removed), and faithfulness = p_full - "
+                                   "p_drop per class. Classes, image size, normalisation, keep ratio and fill come "
+                                   "from the checkpoint.")
+    _add_scoring_common(i)
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", help="CSV with an image column (and labels, if known)")
+    src.add_argument("--image", help="one image file; prints a table")
+    i.add_argument("--image-root", "--image_root", default=".", help="folder of the images named in --csv")
+    i.add_argument("--keep-ratio", "--keep_ratio", type=float, default=None,
+                   help="share of pixels the mask keeps (default: the checkpoint's)")
+    i.add_argument("--out", "--save_json", default=None,
+                   help="predictions JSON to write (default: preds.json with --csv; none with --image)")
+    i.add_argument("--vis-dir", "--save_vis_dir", default=None,
+                   help="write <image>_overlay.png, _crop.png and _drop.png here")
+    i.add_argument("--vis-limit", type=int, default=16, help="how many images get overlays")
+    i.add_argument("--save-mask", help="with --image: write the binary mask PNG here")
+    i.add_argument("--save-crop", help="with --image: write the crop (what the model sees) here")
+    i.set_defaults(func=_infer)
+
+
+def _add_evaluate(sub) -> None:
+    e = sub.add_parser("evaluate", formatter_class=HELP, help="metrics.json and report.html against ground truth",
+                       description="AUROC of full/crop/drop, comprehensiveness and sufficiency over keep ratios, "
+                                   "and localisation against boxes (pointing game, IoBB), for the learned map, "
+                                   "Grad-CAM and a random map of the same area, on the same model.")
+    _add_scoring_common(e)
+    e.add_argument("--csv", required=True, help="test CSV (image,labels)")
+    e.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
+    e.add_argument("--bbox", default=None, help="BBox_List_2017.csv for localisation (omit: localization null)")
+    e.add_argument("--out-dir", default="eval", help="where metrics.json and report.html go")
+    e.add_argument("--keep-ratios", default="0.01,0.05,0.1,0.2,0.5",
+                   help="keep ratios for comprehensiveness/sufficiency (the checkpoint's is always added)")
+    e.add_argument("--examples", type=int, default=8, help="example images in the report")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random-map control")
+    e.set_defaults(func=_evaluate)
+
+
+def _add_screenshot(sub) -> None:
     sc = sub.add_parser("screenshot", formatter_class=HELP, help="render report.html to a PNG (headless Chromium)",
                         description="Take a PNG screenshot of a report with headless Chromium (Debian package "
                                     "`chromium`), e.g. for a README or a slide.")
@@ -365,6 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--section", choices=("headline", "auroc", "faithfulness", "localisation", "leakage", "examples"),
                     help="start the view at this section of the report (default: the top)")
     sc.set_defaults(func=_screenshot)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="roi-consistency",
+        description="Train a chest X-ray classifier on NIH ChestX-ray14 with a learned region-of-interest "
+                    "mask, and measure whether the model relies on the region it highlights.",
+        epilog="Run `roi-consistency COMMAND --help` for the flags of each command.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_data_commands(sub)
+    _add_phantom_and_cache(sub)
+    t = sub.add_parser("train", help="train the classifier, then its ROI mask",
+                       description="Train in two stages on image,labels CSVs: the classifier on full and randomly "
+                                   "masked images (--epochs), then the mask network against it, frozen "
+                                   "(--mask-epochs). --preset seed trains the reference pipeline instead. Under "
+                                   "torchrun it trains with DDP on every rank.",
+                       epilog="example: roi-consistency train --preset cpu-demo --train-csv "
+                              "runs/demo/csv/nih_roi_train.csv --val-csv runs/demo/csv/nih_roi_val.csv "
+                              "--image-root runs/demo/phantom/images")
+    _add_train_args(t)
+    t.set_defaults(func=_train)
+    _add_infer(sub)
+    _add_evaluate(sub)
+    _add_screenshot(sub)
     return p
 
 

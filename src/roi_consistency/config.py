@@ -1,96 +1,65 @@
-"""Training settings as one dataclass, the named presets, and plain-dict round trips.
+"""Training settings: one config in five groups, the presets as data, and the table of defaults for
+checkpoints that predate a setting.
 
-The config is saved inside every checkpoint as a plain dict (so `torch.load(weights_only=True)`
-works) and read back by `infer`/`evaluate`, which therefore never disagree with training about
-classes, image size or normalisation.
+The config is saved in every checkpoint as a plain dict of groups, {"data": {...}, "model": {...},
+"method": {...}, "optim": {...}, "run": {...}}, so `torch.load(weights_only=True)` reads it, and
+`infer`/`evaluate` never disagree with training about classes, image size, fill or keep ratio.
+
+On `--resume` the model, method and optimisation groups come from the checkpoint; the run group and
+the data paths come from the command line where it gives them (see `train.resume_config`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
+from roi_consistency.errors import UserError
 from roi_consistency.labels import FINDINGS
 
 MODES = ("full", "standard", "random_mask", "no_consist", "no_drop", "no_sparse", "no_tv")
+FILLS = {"mean": "ImageNet mean intensity (0 after normalisation)",
+         "normal": "the mean image of the training set's normal (no finding) images, pixel by pixel"}
 
 
 @dataclass
-class TrainConfig:
-    # data
+class DataConfig:
     train_csv: str = "nih_roi_train.csv"
     val_csv: str | None = "nih_roi_val.csv"
     image_root: str = "images"
     cache: str | None = None  # a folder made by `roi-consistency cache`
-    img_size: int = 224
-    # progressive resizing: the epochs that train the classifier grow its input linearly from this size
-    # to img_size (the mask stage, validation, infer and evaluate always use img_size); None: off
-    img_size_start: int | None = None
     classes: list[str] = field(default_factory=lambda: list(FINDINGS))
     augment: bool = True
-    # model
+
+
+@dataclass
+class ModelConfig:
     backbone: str = "convnext_base"
     pretrained: bool = True
-    weights: str | None = None
-    drop_path: float = 0.1
-    mask_net: str = "features_grad"  # tiny (the reference) | dilated | features | features_fine | features_grad
-    # shared: one head for every class | per_class: one map per class (features nets) | auto: per_class for
-    # the features nets, else shared (mask_head_of)
-    mask_head: str = "auto"
-    mask_norm: str = "standardize"  # none (the reference) | standardize logits per image before the sigmoid
-    keep_ratio: float = 0.1
-    fill: str = "normal"  # what removed pixels show: mean (ImageNet mean, the reference) | normal (mean normal image)
-    passes: str = "auto"  # fused | separate | auto (separate for BatchNorm backbones while training)
-    # losses (the defaults are the two_stage method of EXPERIMENTS.md; `--preset seed` is the reference)
-    mode: str = "full"
-    alpha: float = 1.0
-    beta: float = 2.0
-    gamma: float = 0.0
-    delta: float = 1e-3
-    # joint: every term from the first step (the reference). two_stage: epochs before mask_start_epoch
-    # train the classifier alone, on full images and on images under random masks of random size
-    # (label kept, as in EVAL-X), so it learns what a masked image means; later epochs freeze it and
-    # train only the mask network against it.
+    weights: str | None = None  # a local state dict, or a checkpoint of this tool, for the backbone
+    drop_path: float = 0.1  # torchvision's ConvNeXt-Base default of 0.5 is too heavy for fine-tuning
+    img_size: int = 224
+
+
+@dataclass
+class MethodConfig:
+    # two_stage: the method (classifier with EVAL-X random masks, then the mask against it, frozen);
+    # joint: the reference pipeline (`--preset seed`), every term from the first step.
     objective: str = "two_stage"
-    mask_start_epoch: int | None = None  # None: about 5/8 of the epochs (see mask_start)
-    evalx_weight: float = 0.25
-    mask_loss: str = "bce"  # two_stage mask terms in probability (prob), cross-entropy (bce) or odds-ratio (odds) space
-    min_keep_ratio: float | None = 0.02  # mask stage: keep ratio drawn per batch from [this, keep_ratio]
-    mask_lr: float | None = None  # mask network's lr in the second stage (default: lr)
-    # optimisation
-    epochs: int = 8
-    batch_size: int = 8
-    accum_steps: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.05
-    seed: int = 0
-    max_steps: int | None = None
-    # runtime
-    device: str = "auto"
-    bf16: bool | None = None  # None: on for CUDA, off for CPU
-    channels_last: bool | None = None  # None: on (CUDA and CPU)
-    device_transforms: bool | None = None  # None: on for CUDA when reading a --cache
-    compile: bool = False  # torch.compile the training forward (see BENCHMARKS.md before turning it on)
-    workers: int = 8
-    save: str = "checkpoints/nih_roi_consistency.pt"
-    save_every: int = 0
-    log_csv: str | None = None  # default: beside --save, as <name>.log.csv
-    log_every: int = 20
-    tensorboard: str | None = None
-    resume: str | None = None
-    preset: str | None = None
+    mode: str = "full"  # an ablation or control (MODES); standard and random_mask train jointly
+    keep_ratio: float = 0.1
+    fill: str = "normal"  # what removed pixels show (FILLS)
+    alpha: float = 1.0  # crop term
+    beta: float = 2.0  # drop term
+    gamma: float = 0.0  # mean of the soft mask
+    delta: float = 1e-3  # total variation of the soft mask
+    evalx_weight: float = 0.25  # classifier stage: share of each batch shown again under a random mask
+    evalx_min_keep: float = 0.02  # ... whose kept share is log-uniform in [this, 0.6]
+    min_keep_ratio: float = 0.02  # mask stage: each batch's keep ratio is log-uniform in [this, keep_ratio]
 
-    def __post_init__(self):
-        if self.mode in ("standard", "random_mask"):  # controls without a learned mask: no mask stage
-            self.objective = "joint"
-        if not self.min_keep_ratio:  # 0 on the command line: one fixed keep ratio
-            self.min_keep_ratio = None
-
-    def mask_start(self) -> int:
-        """two_stage: the first mask-stage epoch (0-based)."""
-        if self.mask_start_epoch is not None:
-            return self.mask_start_epoch
-        return max(1, min(self.epochs - 1, round(self.epochs * 5 / 8)))
+    @property
+    def joint(self) -> bool:
+        """Does this config train jointly (the reference, or one of its mask-free controls)?"""
+        return self.objective == "joint" or self.mode in ("standard", "random_mask")
 
     def loss_weights(self) -> dict[str, float]:
         """alpha/beta/gamma/delta after the --mode ablation switches its term off."""
@@ -104,51 +73,144 @@ class TrainConfig:
             w["gamma"] = w["delta"] = 0.0
         return w
 
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 8
+    accum_steps: int = 2
+    lr: float = 1e-4
+    mask_lr: float | None = None  # the mask stage's lr (default: lr)
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    # progressive resizing: the classifier's epochs grow its input linearly from this size to img_size
+    # (the mask stage, validation, infer and evaluate always use img_size); None: off
+    img_size_start: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 5  # classifier epochs (every epoch of joint training)
+    mask_epochs: int = 3  # mask epochs against the frozen classifier (two_stage)
+    max_steps: int | None = None  # stop, with a checkpoint, after this many optimizer steps in all
+    save: str = "checkpoints/nih_roi_consistency.pt"
+    save_every: int = 0
+    resume: str | None = None
+    device: str = "auto"
+    bf16: bool | None = None  # None: on for CUDA
+    compile: bool = False
+    workers: int = 8
+    log_every: int = 20
+    tensorboard: str | None = None
+    preset: str | None = None
+
+
+GROUPS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "optim": OptimConfig, "run": RunConfig}
+# every field name is unique across groups, so flags and tests can name a setting without its group
+GROUP_OF = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def replace(self, **settings) -> "TrainConfig":
+        """A copy with some settings changed, named without their group: replace(lr=1e-3, epochs=2)."""
+        unknown = sorted(set(settings) - set(GROUP_OF))
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        by_group: dict[str, dict] = {}
+        for k, v in settings.items():
+            by_group.setdefault(GROUP_OF[k], {})[k] = v
+        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **kv)
+                                            for g, kv in by_group.items()})
+
+    def stages(self) -> tuple[tuple[str, int], ...]:
+        """The training stages in order, with their epoch counts."""
+        if self.method.joint:
+            return (("joint", self.run.epochs),)
+        return (("classifier", self.run.epochs), ("mask", self.run.mask_epochs))
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """A saved config. Settings a checkpoint predates take the values it was trained with (the
-        reference's), not today's defaults."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
+        """A saved config: grouped (this version), or flat (format roi-consistency/1, see upgrade_flat)."""
+        if "method" not in d:
+            d = upgrade_flat(d)
+        groups = {}
+        for g, kind in GROUPS.items():
+            names = {f.name for f in dataclasses.fields(kind)}
+            groups[g] = kind(**{k: v for k, v in d.get(g, {}).items() if k in names})
+        return cls(**groups)
 
 
-def mask_head_of(cfg: dict) -> str:
-    """The mask head a config dict means: "auto" resolved by its mask net."""
-    head = cfg.get("mask_head", "shared")
-    if head == "auto":
-        return "per_class" if cfg["mask_net"].startswith("features") else "shared"
-    return head
-
-
-# What a config saved before these settings existed meant (read by from_dict).
-LEGACY = {"fill": "mean", "mask_loss": "prob", "min_keep_ratio": None, "mask_head": "shared"}
+def config(preset: str | None = None, **settings) -> TrainConfig:
+    """The defaults, then a preset, then the settings given (named without their group)."""
+    cfg = TrainConfig()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"--preset {preset}: choose from {', '.join(PRESETS)}")
+        cfg = cfg.replace(preset=preset, **PRESETS[preset])
+    return cfg.replace(**settings)
 
 
 # Presets set a group of defaults; flags given on the command line still win.
 PRESETS: dict[str, dict] = {
-    # The reference pipeline exactly as first written (issue text): tiny 3-layer mask net,
-    # relu(p_drop - p_full), alpha..delta = 1, 0.5, 1e-3, 1e-4, ConvNeXt-Base at 224.
-    "seed": dict(backbone="convnext_base", mask_net="tiny", mask_norm="none", fill="mean", objective="joint",
-                 alpha=1.0, beta=0.5, gamma=1e-3, delta=1e-4, img_size=224, batch_size=8, accum_steps=2, epochs=8,
-                 lr=1e-4),
-    # The phantom demo on a 2-core CPU (./run_all.sh --demo): the method's defaults on resnet18 from scratch
-    # at 160 px (small lesions need it), batch 16; 7 classifier epochs growing from 128 px (progressive
-    # resizing buys the 7th epoch), then 1 mask epoch (EXPERIMENTS.md, cpu-demo).
+    # The reference pipeline as first written: joint training of every term from the first step, the
+    # tiny 3->16->32->1 mask net, relu(p_drop - p_full), the ImageNet-mean fill, ConvNeXt-Base at 224.
+    "seed": dict(objective="joint", fill="mean", alpha=1.0, beta=0.5, gamma=1e-3, delta=1e-4,
+                 backbone="convnext_base", img_size=224, batch_size=8, accum_steps=2, epochs=8, lr=1e-4),
+    # The phantom demo on a 2-core CPU (./run_all.sh --demo): resnet18 from scratch at 160 px (small lesions
+    # need it), batch 16; 7 classifier epochs growing from 128 px, then 1 mask epoch (EXPERIMENTS.md).
     "cpu-demo": dict(backbone="resnet18", pretrained=False, img_size=160, img_size_start=128, batch_size=16,
-                     accum_steps=1, epochs=8, mask_start_epoch=7, lr=1e-3, mask_lr=3e-3, workers=2, log_every=10),
-    # Real NIH training on GPUs: ConvNeXt-Base fine-tuned from ImageNet for 7 epochs, then 3 mask
-    # epochs against it; the mask head learns from scratch, hence its 10x learning rate.
+                     accum_steps=1, epochs=7, mask_epochs=1, lr=1e-3, mask_lr=3e-3, workers=2, log_every=10),
+    # Real NIH training on GPUs: ConvNeXt-Base fine-tuned from ImageNet for 7 epochs, then 3 mask epochs
+    # against it; the mask head learns from scratch, hence its 10x learning rate.
     "nih": dict(backbone="convnext_base", pretrained=True, img_size=224, batch_size=32, accum_steps=1,
-                epochs=10, mask_start_epoch=7, lr=1e-4, mask_lr=1e-3, drop_path=0.1, workers=8),
+                epochs=7, mask_epochs=3, lr=1e-4, mask_lr=1e-3, drop_path=0.1, workers=8),
 }
 
 
-def apply_preset(cfg: TrainConfig, name: str | None) -> TrainConfig:
-    if name is None:
-        return cfg
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return dataclasses.replace(cfg, preset=name, **PRESETS[name])
+# What a flat (format roi-consistency/1) config meant for a setting it predates: the values it was trained
+# with, not today's defaults. The one table for train, infer and evaluate alike.
+LEGACY = {"objective": "joint", "mask_net": "tiny", "mask_norm": "none", "mask_head": "shared", "fill": "mean",
+          "mask_loss": "prob", "min_keep_ratio": None, "mode": "full"}
+# The two designs this version builds; a flat config is upgraded only if it is one of them.
+DESIGNS = {"joint": {"mask_net": "tiny", "mask_norm": "none"},
+           "two_stage": {"mask_net": "features_grad", "mask_norm": "standardize", "mask_head": "per_class"}}
+LAST_FLAT = "0aee3f6"  # the last commit that wrote flat configs and built every variant
+
+
+def upgrade_flat(flat: dict) -> dict:
+    """A flat config of format roi-consistency/1 as groups. Settings it predates take LEGACY's values;
+    a mask design this version no longer builds is refused, naming the commit that still builds it."""
+    d = {**LEGACY, **flat}
+    if d["mask_head"] == "auto":  # saved resolved since it existed, but be safe
+        d["mask_head"] = "per_class" if d["mask_net"].startswith("features") else "shared"
+    objective = "joint" if d["mode"] in ("standard", "random_mask") else d["objective"]
+    design = DESIGNS.get(objective, {})
+    if any(d.get(k) != v for k, v in design.items()):
+        got = ", ".join(f"{k} {d.get(k)}" for k in ("objective", "mask_net", "mask_head", "mask_norm"))
+        raise UserError(f"this checkpoint was trained with a mask design this version does not build ({got}); "
+                        f"use roi-consistency at commit {LAST_FLAT} for it")
+    d["objective"] = objective
+    if d.get("min_keep_ratio") is None:
+        d["min_keep_ratio"] = d.get("keep_ratio", 0.1)  # one fixed keep ratio
+    d["epochs"], d["mask_epochs"] = _flat_stage_epochs(d)
+    return {g: {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d} for g, cls in GROUPS.items()}
+
+
+def _flat_stage_epochs(d: dict) -> tuple[int, int]:
+    """(classifier epochs, mask epochs) of a flat config, whose --epochs counted both stages."""
+    epochs = int(d.get("epochs", 8))
+    if d["objective"] == "joint":
+        return epochs, 0
+    start = d.get("mask_start_epoch")
+    start = max(1, min(epochs - 1, round(epochs * 5 / 8))) if start is None else int(start)
+    return start, epochs - start

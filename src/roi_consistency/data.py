@@ -52,18 +52,24 @@ def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.
     return names, (np.stack(rows) if has_labels else None)
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Decode one image to a uint8 [1, size, size] tensor. RGBA/RGB files become one channel."""
+def decode_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode one image to a uint8 [1, size, size] tensor, and the file's own (width, height), which box
+    coordinates refer to. RGBA/RGB files become one channel."""
     try:
         with Image.open(path) as im:
+            src = im.size
             im = im.convert("L")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
-            return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0)
+            return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0), src
     except FileNotFoundError:
         raise UserError(f"image {path} not found (check --image-root)") from None
     except OSError as exc:
         raise UserError(f"image {path} could not be decoded ({exc})") from None
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    return decode_image(path, size)[0]
 
 
 def aug_params(seed: int) -> list[float]:
@@ -122,13 +128,27 @@ def augment_batch(x: torch.Tensor, u: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * inside
 
 
+def to_input(x, device: torch.device, size: int) -> torch.Tensor:
+    """A loader batch as model input on `device`, at `size` px, channels-last. Raw cached rows, (uint8 images,
+    augmentation parameters), are copied as bytes and resized and augmented there (`augment_batch`)."""
+    if isinstance(x, (list, tuple)):
+        img, u = x  # the parameters stay on the host, where the affine matrices are built
+        x = augment_batch(img.to(device, non_blocking=True), u, size)
+    else:
+        x = x.to(device, non_blocking=True)
+        if x.shape[-1] != size:  # a progressive-resizing epoch: the workers' fixed size, resized again
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.to(memory_format=torch.channels_last)
+
+
 class ImageCSVDataset(Dataset):
     """Items are (image float [1,S,S] in [0,1], label vector, row index). Indices may be plain ints
     or (index, seed) pairs from SeededSampler; a seed switches augmentation on."""
 
     def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
                  augment: bool = False, cache=None, raw: bool = False):
-        self.names, labels = read_label_csv(csv_path, classes)
+        self.csv_path, (self.names, labels) = Path(csv_path), read_label_csv(csv_path, classes)
+        self.classes = list(classes)
         self.cache = cache  # an ImageCache: decoded rows instead of PNG files
         if cache is not None:
             missing = [n for n in self.names if n not in cache.row]

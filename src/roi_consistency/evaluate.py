@@ -1,17 +1,17 @@
-"""Evaluation against ground truth: AUROC of full/crop/drop, faithfulness (comprehensiveness and
-sufficiency over keep ratios) and localisation against boxes, for three maps on the same model:
+"""Evaluation against ground truth: does the model rely on the region its map highlights?
 
-- learned: the mask network's map before the sigmoid; where maps are class-specific (a per-class head,
-  or `features_grad`, which reads a class's attribution), the map drawn for the pair's class for
-  faithfulness and localisation (like Grad-CAM), and the most probable class's map per image for the
-  crop/drop AUROC, the kept fraction and the leakage check (as `infer` applies it);
-- gradcam: Grad-CAM (pytorch-grad-cam) on the backbone's last stage, one map per (image, class);
-- random:  smooth random logits, the control.
+Every explainer (explainers.py: the learned map, Grad-CAM and the random control, on the same model)
+goes through the same passes over the test set:
 
-Every map is binarised to its own exact top-r pixels and removed pixels get the same fill (the
-model's: the ImageNet mean or the mean normal image), so the three are compared on equal terms. Ties
-in a map (Grad-CAM's ReLU makes many zeros) are broken by a tiny seeded jitter for top-r, never by
-pixel index.
+- removal, per (image, finding) pair, at every keep ratio: the map's own top-r pixels kept (crop) or
+  removed (drop), with the model's fill: comprehensiveness p_full - p_drop and sufficiency p_full - p_crop;
+- per image, at the model's ratio, the map of the most probable class (as `infer` applies the learned
+  one): AUROC of crop and drop, the kept fraction, and leakage (can the labels be read off the mask?);
+- localisation, per ground-truth box: pointing game and IoBB, per finding;
+- examples for the report.
+
+The true box itself, removed or kept alone, is the box control: if removing it does not lower p, no map
+can be faithful and inside the box for that finding.
 
     roi-consistency evaluate --checkpoint ck.pt --csv nih_roi_test.csv --image-root images \
         --bbox BBox_List_2017.csv --out-dir eval
@@ -20,27 +20,42 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.metrics import roc_curve
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from roi_consistency import metrics as M
+from roi_consistency.atomic import write_json
 from roi_consistency.cache import ImageCache
-from roi_consistency.config import mask_head_of
+from roi_consistency.checkpoint import load_trained
+from roi_consistency.config import FILLS
 from roi_consistency.data import ImageCSVDataset
 from roi_consistency.errors import UserError
-from roi_consistency.infer import fill_text, load_trained, pick_device, to_gray, write_json
+from roi_consistency.explainers import Pairs, default_explainers
 from roi_consistency.labels import LabelError, canonical
-from roi_consistency.model import ROIModel, random_mask_logits, topk_mask
+from roi_consistency.model import ROIModel, topk_mask
+from roi_consistency.runtime import pick_device
 
-MAPS = ("learned", "gradcam", "random")
 IOBB_T = ("0.1", "0.25", "0.5")
+POOL = 16  # masks are average-pooled to 16x16 for the leakage check
+
+
+@dataclass
+class EvalOptions:
+    keep_ratios: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)  # the checkpoint's ratio is always added
+    batch_size: int = 16
+    device: str = "auto"
+    n_examples: int = 8
+    seed: int = 0  # of the random control and of the tie-breaking jitter
+    workers: int = 2
+    progress: bool = True
+    cache: str | None = None
 
 
 def read_boxes(path: str | Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
@@ -67,217 +82,258 @@ def scale_box(box, src_size: tuple[int, int], dst: int):
     return (x * sx, y * sy, w * sx, h * sy)
 
 
-def gradcam_layer(backbone: torch.nn.Module) -> torch.nn.Module:
-    """The last convolutional stage, where Grad-CAM is usually taken."""
-    if hasattr(backbone, "layer4"):
-        return backbone.layer4[-1]
-    if hasattr(backbone, "features"):
-        return backbone.features[-1] if isinstance(backbone.features, torch.nn.Sequential) else backbone.features
-    raise UserError("Grad-CAM: this backbone has no layer4/features stage; pick a CNN backbone")
+def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size: int) -> dict[str, list]:
+    """{image: [(finding, x, y, w, h) in model-input pixels]} for the test images with boxes. Boxes are in
+    each file's own pixels: its size comes from the cache's index where there is one, else the PNG header."""
+    if not bbox:
+        return {}
+    wanted = set(ds.names)
+    out = {}
+    for name, bxs in read_boxes(bbox).items():
+        bxs = [b for b in bxs if b[0] in classes]
+        if name not in wanted or not bxs:
+            continue
+        src = ds.cache.source_size(name) if ds.cache is not None else None
+        if src is None:
+            with Image.open(ds.root / name) as im:
+                src = im.size
+        out[name] = [(b[0], *scale_box(b[1:], src, size)) for b in bxs]
+    return out
 
 
-def gradcam_maps(backbone: torch.nn.Module, xn: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Grad-CAM maps [P,1,H,W] for pairs (xn[p], classes[p]), at the input's size. The hooks live only
-    for this call, so the many other backbone calls of an evaluation stay unhooked."""
-    from pytorch_grad_cam import GradCAM  # imported here: it pulls in OpenCV, which only evaluation needs
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    with torch.enable_grad(), GradCAM(model=backbone, target_layers=[gradcam_layer(backbone)]) as cam:
-        g = cam(input_tensor=xn, targets=[ClassifierOutputTarget(c) for c in classes])
-    return torch.from_numpy(np.asarray(g, dtype=np.float32)).unsqueeze(1).to(xn.device)
+class Tally:
+    """What the passes collect over the test set, per explainer."""
+
+    def __init__(self, n: int, classes: list[str], names: list[str], ratios: list[float]):
+        c = len(classes)
+        self.classes, self.ratios = classes, ratios
+        self.p_full = np.zeros((n, c), np.float32)
+        nan = lambda: np.full((n, c), np.nan, np.float32)  # noqa: E731
+        self.crop = {k: {r: nan() for r in ratios} for k in names}
+        self.drop = {k: {r: nan() for r in ratios} for k in names}
+        self.crop_img, self.drop_img = {k: nan() for k in names}, {k: nan() for k in names}
+        self.kept = {k: [] for k in names}
+        self.pooled = {k: np.zeros((n, POOL * POOL), np.float32) for k in names}
+        self.hits, self.iobb = {k: [] for k in names}, {k: [] for k in names}
+        self.loc_class: list[str] = []  # the finding of each box, in the order of the hits
+        self.box_pooled: dict[int, np.ndarray] = {}  # the union of an image's boxes: the leakage reference
+        self.box_probs: list[tuple[str, float, float, float, float]] = []  # finding, p_full, p_drop, p_crop, area
+        self.examples: list[dict] = []
 
 
 @torch.no_grad()
-def _probs(model: ROIModel, xn: torch.Tensor, m: torch.Tensor):
-    out = torch.sigmoid(model.backbone(torch.cat(model.crop_drop(xn, m))).float())
-    return out.chunk(2)  # crop, drop
+def removal(model: ROIModel, xn: torch.Tensor, m: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities [P,C] with the region m kept alone (crop) and removed (drop), with the model's fill."""
+    out = torch.sigmoid(model.backbone(torch.cat(model.crop_drop(xn, m.to(xn.dtype)))).float()).cpu().numpy()
+    return out[: len(xn)], out[len(xn):]
+
+
+def ranked(maps: torch.Tensor, ties: bool, gen: torch.Generator) -> torch.Tensor:
+    """The map top-r is taken from: with a tiny seeded jitter where the explainer's maps have plateaus."""
+    return maps + 1e-6 * torch.rand(maps.shape, generator=gen).to(maps.device) if ties else maps
+
+
+def image_pass(t: Tally, model: ROIModel, explainers, xn: torch.Tensor, rows: np.ndarray, r0: float, gen) -> None:
+    """Each explainer's map of each image's most probable class, at the model's ratio."""
+    pairs = Pairs(xn, torch.from_numpy(t.p_full[rows].argmax(1)).to(xn.device), [[] for _ in rows])
+    for e in explainers:
+        m = topk_mask(ranked(e(pairs), e.ties, gen), r0)
+        t.crop_img[e.name][rows], t.drop_img[e.name][rows] = removal(model, xn, m)
+        t.kept[e.name].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
+        t.pooled[e.name][rows] = F.adaptive_avg_pool2d(m, POOL).flatten(1).cpu().numpy()
+
+
+def pair_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: dict, ratios: list[float]) -> None:
+    """Removal at every ratio for each pair, scored on the pair's own class."""
+    cls = pairs.cls.cpu().numpy()
+    at = np.arange(len(cls))
+    for name, mp in maps.items():
+        for r in ratios:
+            c_, d_ = removal(model, pairs.xn, topk_mask(mp, r))
+            t.crop[name][r][rows, cls], t.drop[name][r][rows, cls] = c_[at, cls], d_[at, cls]
+
+
+def localisation_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, raw: dict, maps: dict,
+                      r0: float) -> None:
+    """Pointing (on the raw map: a plateau points at its centroid) and IoBB of each map, per box; and the
+    box control: each box itself removed or kept alone."""
+    size = pairs.xn.shape[-1]
+    items = [(k, box) for k, bxs in enumerate(pairs.boxes) for box in bxs]
+    if not items:
+        return
+    for name in maps:
+        region = topk_mask(maps[name], r0)[:, 0].cpu().numpy()
+        heat = raw[name][:, 0].float().cpu().numpy()
+        for k, box in items:
+            t.hits[name].append(M.pointing_hit(heat[k], box))
+            t.iobb[name].append(M.iobb(region[k], box))
+    cls = pairs.cls.cpu().numpy()
+    bm = np.stack([M.box_mask((size, size), box) for _, box in items])
+    for (k, _), m_ in zip(items, bm):
+        t.loc_class.append(t.classes[cls[k]])
+        union = t.box_pooled.setdefault(int(rows[k]), np.zeros((size, size), bool))
+        union |= m_
+    ks = np.array([k for k, _ in items])
+    c_, d_ = removal(model, pairs.xn[ks], torch.from_numpy(bm).float()[:, None].to(pairs.xn.device))
+    for j, (k, m_) in enumerate(zip(ks, bm)):
+        c = cls[k]
+        t.box_probs.append((t.classes[c], float(t.p_full[rows[k], c]), float(d_[j, c]), float(c_[j, c]),
+                            float(m_.mean())))
+
+
+def batch_pairs(t: Tally, y: np.ndarray, names: list[str], boxes: dict, xn: torch.Tensor):
+    """The batch's (image, class) pairs: every true finding, and every finding with a box. Returns the
+    Pairs, and each pair's image as (row in the batch, row in the test set)."""
+    classes = t.classes
+    found = {(b, int(c)) for b in range(len(names)) for c in np.flatnonzero(y[b] > 0.5)}
+    found |= {(b, classes.index(bx[0])) for b, nm in enumerate(names) for bx in boxes.get(nm, ())}
+    pairs = sorted(found)
+    pb = torch.tensor([b for b, _ in pairs], dtype=torch.long, device=xn.device)
+    pc = torch.tensor([c for _, c in pairs], dtype=torch.long, device=xn.device)
+    pboxes = [[tuple(bx[1:]) for bx in boxes.get(names[b], ()) if bx[0] == classes[c]] for b, c in pairs]
+    return Pairs(xn[pb], pc, pboxes), pb.cpu().numpy()
+
+
+def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: np.ndarray, y: np.ndarray,
+                   names: list[str], boxes: dict, r0: float, n_examples: int, gen) -> None:
+    xn = model.normalize(x)
+    with torch.no_grad():
+        t.p_full[idx] = torch.sigmoid(model.backbone(xn).float()).cpu().numpy()
+    image_pass(t, model, explainers, xn, idx, r0, gen)
+    pairs, pb = batch_pairs(t, y, names, boxes, xn)
+    if not len(pairs):
+        return
+    raw = {e.name: e(pairs) for e in explainers}
+    maps = {e.name: ranked(raw[e.name], e.ties, gen) for e in explainers}
+    pair_pass(t, model, pairs, idx[pb], maps, t.ratios)
+    localisation_pass(t, model, pairs, idx[pb], raw, maps, r0)
+    for k in first_pair_per_image(pb, pairs, bool(boxes)):
+        if len(t.examples) >= n_examples:
+            break
+        b = int(pb[k])
+        t.examples.append(example(model, xn[b], names[b], t.classes, y[b], boxes.get(names[b], []),
+                                  {name: (raw[name][k, 0], maps[name][k, 0]) for name in maps}, r0))
+
+
+def first_pair_per_image(pb: np.ndarray, pairs: Pairs, with_boxes: bool) -> list[int]:
+    """The pair each example image shows: its first boxed finding (with a box file), else its first finding."""
+    out, seen = [], set()
+    for k, b in enumerate(pb.tolist()):
+        if b not in seen and (pairs.boxes[k] or not with_boxes):
+            seen.add(b)
+            out.append(k)
+    return out
+
+
+def example(model: ROIModel, xn: torch.Tensor, name: str, classes: list[str], yrow: np.ndarray, boxes: list,
+            maps: dict, r: float) -> dict:
+    """One row of the report's example grid: the image, its boxes, each map's heat and top-r region, and
+    the probabilities of the true findings with the first explainer's (the learned map's) region kept or
+    removed."""
+    ex_maps = {}
+    for key, (heat, rank) in maps.items():
+        h = heat.float().cpu().numpy()  # shown without the tie-breaking jitter, which is only for top-r
+        ex_maps[key] = {"heat": (h - h.min()) / max(float(h.max() - h.min()), 1e-12),
+                        "mask": topk_mask(rank[None, None].float(), r)[0, 0].cpu().numpy() > 0.5}
+    labels = [c for c, v in zip(classes, yrow) if v > 0.5]
+    m = topk_mask(next(iter(maps.values()))[1][None, None].float(), r)
+    with torch.no_grad():
+        out = torch.sigmoid(model.backbone(torch.cat([xn[None], *model.crop_drop(xn[None], m)])).float())
+    probs = {k: {c: float(out[j, classes.index(c)]) for c in labels} for j, k in enumerate(("full", "crop", "drop"))}
+    return {"image": name, "labels": labels, "gray": model.to_gray(xn).cpu().numpy(), "boxes": boxes,
+            "maps": ex_maps, "probs": probs}
+
+
+def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers, ratios: list[float], r0: float,
+                   opt: EvalOptions, device: torch.device) -> Tally:
+    """Every pass over the test set, batch by batch."""
+    t = Tally(len(ds), ds.classes, [e.name for e in explainers], ratios)
+    gen = torch.Generator().manual_seed(opt.seed + 2)
+    loader = DataLoader(ds, batch_size=opt.batch_size, num_workers=opt.workers, pin_memory=device.type == "cuda")
+    for x, _, idx in tqdm(loader, desc="evaluate", unit="batch", disable=not opt.progress):
+        idx = idx.numpy()
+        evaluate_batch(t, model, explainers, x.to(device), idx, ds.labels[idx], [ds.names[i] for i in idx],
+                       boxes, r0, opt.n_examples, gen)
+    return t
+
+
+def faithfulness(t: Tally, y: np.ndarray) -> dict:
+    return {k: {"comprehensiveness": {str(r): M.comprehensiveness(t.p_full, t.drop[k][r], y) for r in t.ratios},
+                "sufficiency": {str(r): M.sufficiency(t.p_full, t.crop[k][r], y) for r in t.ratios}}
+            for k in t.crop}
+
+
+def localization(t: Tally) -> dict:
+    by_class = sorted(set(t.loc_class), key=t.classes.index)
+    out = {"n_boxes": len(t.loc_class)}
+    for k in t.hits:
+        hits, iobb = np.array(t.hits[k], bool), np.array(t.iobb[k])
+        out[k] = {"pointing_game": float(hits.mean()) if len(hits) else None,
+                  "pointing_by_class": {c: float(hits[[lc == c for lc in t.loc_class]].mean()) for c in by_class},
+                  "iobb_acc": {th: float(np.mean(iobb > float(th))) if len(iobb) else None for th in IOBB_T}}
+    return out
+
+
+def box_control(t: Tally) -> dict:
+    """How much the model relies on the true lesion region, per finding."""
+    keys = ("p_full", "p_drop_box", "p_crop_box", "box_area")
+    by_class = sorted({bp[0] for bp in t.box_probs}, key=t.classes.index)
+    return {c: {"n": len(rows), **dict(zip(keys, np.mean(rows, axis=0).tolist()))}
+            for c in by_class for rows in [[bp[1:] for bp in t.box_probs if bp[0] == c]]}
+
+
+def leakage(t: Tally, y: np.ndarray, seed: int) -> tuple[dict, dict | None]:
+    """Can the labels be read off the mask's shape alone? ~0.5 is good; the random map is the control.
+    Where findings sit in fixed places, even a perfect localiser "leaks" the label, so on the boxed
+    images the ground-truth boxes themselves are the reference a mask should not exceed."""
+    all_images = {k: M.mask_leakage(v, y, t.classes, seed=seed) for k, v in t.pooled.items()}
+    if not t.box_pooled:
+        return all_images, None
+    rows = np.array(sorted(t.box_pooled))
+    feats = {k: v[rows] for k, v in t.pooled.items()}
+    feats["boxes"] = np.stack([F.adaptive_avg_pool2d(torch.from_numpy(t.box_pooled[i]).float()[None], POOL)
+                               .flatten().numpy() for i in rows])
+    return all_images, {"n_images": int(len(rows)),
+                        **{k: M.mask_leakage(v, y[rows], t.classes, seed=seed) for k, v in feats.items()}}
+
+
+def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, seed: int) -> dict:
+    """metrics.json: every figure, per explainer."""
+    classes, r0 = t.classes, cfg.method.keep_ratio
+    auroc = {"full": M.per_class_auroc(y, t.p_full, classes),
+             "crop": {k: M.per_class_auroc(y, v, classes) for k, v in t.crop_img.items()},
+             "drop": {k: M.per_class_auroc(y, v, classes) for k, v in t.drop_img.items()}}
+    leak, leak_boxed = leakage(t, y, seed)
+    return {"n_images": int(len(y)), "classes": classes, "keep_ratio": r0, "keep_ratios": t.ratios,
+            "checkpoint": str(checkpoint), "fill": FILLS[cfg.method.fill], "maps": list(t.crop),
+            "auroc": auroc,
+            "mean_auroc": {"full": M.mean_auroc(auroc["full"]),
+                           **{s: {k: M.mean_auroc(v) for k, v in auroc[s].items()} for s in ("crop", "drop")}},
+            "faithfulness": faithfulness(t, y),
+            "kept_fraction": {k: float(np.concatenate(v).mean()) if v else None for k, v in t.kept.items()},
+            "localization": localization(t) if with_boxes else None,
+            "box_control": box_control(t) if with_boxes else None,
+            "leakage": leak, "leakage_boxed": leak_boxed}
 
 
 def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: str | None = None,
-                        out_dir: str = "eval", keep_ratios=(0.01, 0.05, 0.1, 0.2, 0.5), batch_size: int = 16,
-                        device: str = "auto", n_examples: int = 8, seed: int = 0, workers: int = 2,
-                        progress: bool = True, cache: str | None = None) -> dict:
-    dev = pick_device(device)
+                        out_dir: str = "eval", **options) -> dict:
+    """Score a checkpoint on a test CSV with every explainer; write metrics.json and report.html into
+    out_dir and return the metrics. options: the fields of EvalOptions."""
+    opt = EvalOptions(**options)
+    dev = pick_device(opt.device)
     model, cfg = load_trained(checkpoint, dev)
-    classes, size, r0 = cfg["classes"], cfg["img_size"], cfg["keep_ratio"]
-    ratios = sorted(set(float(r) for r in keep_ratios) | {r0})
-    ds = ImageCSVDataset(csv_path, image_root, size, classes, cache=ImageCache(cache, size) if cache else None)
+    classes, size, r0 = cfg.data.classes, cfg.model.img_size, cfg.method.keep_ratio
+    ds = ImageCSVDataset(csv_path, image_root, size, classes, cache=ImageCache(opt.cache, size) if opt.cache else None)
     if not ds.has_labels:
         raise UserError(f"{csv_path}: evaluation needs a labels column")
-    all_boxes = read_boxes(bbox) if bbox else {}
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers)
-    gradcam_layer(model.backbone)  # fail early for a backbone Grad-CAM cannot use
-    gen = torch.Generator().manual_seed(seed)
-    n, C = len(ds), len(classes)
-    p_full = np.zeros((n, C), np.float32)
-    y = ds.labels
-    crop = {k: {r: np.full((n, C), np.nan, np.float32) for r in ratios} for k in MAPS}
-    drop = {k: {r: np.full((n, C), np.nan, np.float32) for r in ratios} for k in MAPS}
-    # The learned mask as infer applies it (one per image: where maps are class-specific, the most probable
-    # class's map), at the model's own ratio: AUROC of crop and drop, kept fraction, leakage.
-    crop_img, drop_img = np.full((n, C), np.nan, np.float32), np.full((n, C), np.nan, np.float32)
-    kept = {k: [] for k in MAPS}
-    pooled = {"learned": [], "random": []}  # the r0 masks at 16x16, for the leakage check
-    box_pooled: dict[int, np.ndarray] = {}  # the union of an image's boxes at 16x16: the leakage reference
-    loc = {k: {"hits": [], "iobb": []} for k in MAPS}
-    loc_class: list[str] = []  # the finding of each box, in the order of the hits
-    box_probs: list[tuple[str, float, float, float, float]] = []  # finding, p_full, p_drop, p_crop, area
-    examples = []
-    for x, _, idx in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        x, idx = x.to(dev), idx.numpy()
-        with torch.no_grad():
-            xn = model.normalize(x)
-            random_model = model.mode == "random_mask"  # the control model: its "learned" map is random
-            if random_model:
-                learned, full_logits = random_mask_logits(xn.shape, "cpu", gen).to(dev), None
-            else:  # the features nets compute the logits on their way to the map
-                learned, _, full_logits = model.explain(xn)
-            full_logits = (model.backbone(xn) if full_logits is None else full_logits).float()
-            p_full[idx] = torch.sigmoid(full_logits).cpu().numpy()
-            rand = random_mask_logits(xn.shape, "cpu", gen).to(dev)
-        # (image, class) pairs: true findings, plus box classes for localisation
-        names = [ds.names[i] for i in idx]
-        pairs = sorted({(b, c) for b, i in enumerate(idx) for c in np.flatnonzero(y[i] > 0.5)}
-                       | {(b, classes.index(bx[0])) for b, nm in enumerate(names) for bx in all_boxes.get(nm, ())
-                          if bx[0] in classes})
-        pb = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
-        pc = [int(p[1]) for p in pairs]
-        gc = gradcam_maps(model.backbone, xn[pb], pc) if pairs else None
-        # the learned map of each pair: drawn for its class (per-class head, or a head reading the class's
-        # attribution), else the image's one map
-        with torch.no_grad():
-            lp = (model.explain(xn[pb], torch.tensor(pc, device=dev))[0] if model.class_specific
-                  and not random_model else learned[pb]) if pairs else None
-        jitter = 1e-6 * torch.rand((len(pairs), 1, size, size), generator=gen).to(dev) if pairs else None
-        # Away from the model's own ratio only images with a finding count (comprehensiveness and
-        # sufficiency average over true findings), so normal images are scored once, at r0.
-        has_pos = torch.from_numpy(np.flatnonzero(y[idx].max(axis=1) > 0.5)).to(dev)
-        for r in ratios:
-            rows_b = torch.arange(len(idx), device=dev) if r == r0 else has_pos
-            per_image = [("random", rand, rows_b)] + ([("learned", learned, rows_b)] if r == r0 else [])
-            for key, mp, rb in per_image:
-                if not len(rb):
-                    continue
-                m = topk_mask(mp[rb], r)
-                c_, d_ = _probs(model, xn[rb], m)
-                rows = idx[rb.cpu().numpy()]
-                if key == "learned":
-                    crop_img[rows], drop_img[rows] = c_.cpu().numpy(), d_.cpu().numpy()
-                else:
-                    crop[key][r][rows], drop[key][r][rows] = c_.cpu().numpy(), d_.cpu().numpy()
-                if r == r0:
-                    kept[key].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
-                    pooled[key].append(F.adaptive_avg_pool2d(m, 16).flatten(1).cpu().numpy())
-            for key, mp in (("learned", lp), ("gradcam", gc + jitter if pairs else None)):
-                if not pairs:
-                    break
-                m = topk_mask(mp, r)
-                c_, d_ = _probs(model, xn[pb], m)
-                rows = idx[pb.cpu().numpy()]
-                crop[key][r][rows, pc] = c_.cpu().numpy()[np.arange(len(pc)), pc]
-                drop[key][r][rows, pc] = d_.cpu().numpy()[np.arange(len(pc)), pc]
-                if r == r0 and key == "gradcam":
-                    kept[key].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
-        # localisation on images with boxes; example images for the report
-        pair_pos = {p: k for k, p in enumerate(pairs)}
-        box_items: list[tuple[int, int, np.ndarray]] = []  # (row in batch, class, box mask) for the box control
-        for b, nm in enumerate(names):
-            bxs = [bx for bx in all_boxes.get(nm, ()) if bx[0] in classes]
-            true = [classes[c] for c in np.flatnonzero(y[idx[b]] > 0.5)]
-            src = None
-            for label, *box in bxs:
-                if src is None:
-                    with Image.open(Path(image_root) / nm) as im:
-                        src = im.size  # boxes are in the PNG's own pixels
-                sbox = scale_box(box, src, size)
-                bm = M.box_mask((size, size), sbox)
-                union = box_pooled.setdefault(int(idx[b]), np.zeros((size, size), bool))
-                union |= bm
-                box_items.append((b, classes.index(label), bm))
-                loc_class.append(label)
-                k = pair_pos[(b, classes.index(label))]
-                for key, mp, tie in (("learned", lp[k, 0], 0), ("gradcam", gc[k, 0], jitter[k, 0]),
-                                     ("random", rand[b, 0], 0)):
-                    loc[key]["hits"].append(M.pointing_hit(mp.cpu().numpy(), sbox))
-                    loc[key]["iobb"].append(M.iobb(topk_mask((mp + tie)[None, None], r0)[0, 0].cpu().numpy(), sbox))
-            wanted = bxs if all_boxes else true  # with a box file, show boxed images
-            if wanted and len(examples) < n_examples:
-                first = bxs[0][0] if bxs else true[0]
-                k = pair_pos[(b, classes.index(first))]
-                maps_b = {"learned": (lp[k, 0], 0), "gradcam": (gc[k, 0], jitter[k, 0]), "random": (rand[b, 0], 0)}
-                examples.append(_example(model, xn[b], nm, classes, y[idx[b]], bxs, src, size, maps_b, r0))
-        if box_items:  # the reference region: the true box itself removed or kept alone
-            rb = torch.tensor([t[0] for t in box_items], device=dev)
-            bm = torch.from_numpy(np.stack([t[2] for t in box_items])).float()[:, None].to(dev)
-            c_, d_ = _probs(model, xn[rb], bm)
-            for j, (b, c, m_) in enumerate(box_items):
-                box_probs.append((classes[c], float(p_full[idx[b], c]), float(d_[j, c]), float(c_[j, c]),
-                                  float(m_.mean())))
-    result = {
-        "n_images": n, "classes": classes, "keep_ratio": r0, "keep_ratios": ratios, "checkpoint": str(checkpoint),
-        "fill": fill_text(cfg), "mask_head": mask_head_of(cfg),
-        "auroc": {"full": M.per_class_auroc(y, p_full, classes),
-                  "crop": M.per_class_auroc(y, crop_img, classes),
-                  "drop": M.per_class_auroc(y, drop_img, classes)},
-        "faithfulness": {k: {"comprehensiveness": {str(r): M.comprehensiveness(p_full, drop[k][r], y) for r in ratios},
-                             "sufficiency": {str(r): M.sufficiency(p_full, crop[k][r], y) for r in ratios}}
-                         for k in MAPS},
-        "kept_fraction": {k: float(np.concatenate(v).mean()) if v else None for k, v in kept.items()},
-        "localization": None,
-        # Can the labels be read off the mask's shape alone? ~0.5 is good; the random mask is the control.
-        "leakage": {k: M.mask_leakage(np.concatenate(v), y, classes, seed=seed) for k, v in pooled.items()},
-        "leakage_boxed": None, "box_control": None,
-    }
-    if box_pooled:
-        # Where findings sit in fixed places, even a perfect localiser "leaks" the label. On the boxed
-        # images, the ground-truth boxes themselves are the reference a mask should not exceed.
-        rows = np.array(sorted(box_pooled))
-        feats = {k: np.concatenate(v)[rows] for k, v in pooled.items()}
-        feats["boxes"] = np.stack([F.adaptive_avg_pool2d(torch.from_numpy(box_pooled[i]).float()[None], 16)
-                                   .flatten().numpy() for i in rows])
-        result["leakage_boxed"] = {"n_images": int(len(rows)), **{
-            k: M.mask_leakage(v, y[rows], classes, seed=seed) for k, v in feats.items()}}
-    result["mean_auroc"] = {k: M.mean_auroc(v) for k, v in result["auroc"].items()}
-    if bbox:
-        by_class = sorted(set(loc_class), key=classes.index)
-        result["localization"] = {"n_boxes": len(loc["learned"]["hits"]), **{
-            k: {"pointing_game": float(np.mean(v["hits"])) if v["hits"] else None,
-                "pointing_by_class": {c: float(np.mean([h for h, lc in zip(v["hits"], loc_class) if lc == c]))
-                                      for c in by_class},
-                "iobb_acc": {t: float(np.mean(np.array(v["iobb"]) > float(t))) if v["iobb"] else None
-                             for t in IOBB_T}} for k, v in loc.items()}}
-        # How much the model relies on the true lesion region, per finding: if removing the box itself
-        # does not lower p, no map can be both faithful and inside the box for that finding.
-        result["box_control"] = {c: {"n": len(rows), **dict(zip(("p_full", "p_drop_box", "p_crop_box", "box_area"),
-                                                                  np.mean(rows, axis=0).tolist()))}
-                                 for c in by_class for rows in [[bp[1:] for bp in box_probs if bp[0] == c]]}
+    boxes = model_boxes(ds, bbox, classes, size)
+    ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
+    t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev)
+    result = summarize(t, ds.labels, cfg, checkpoint, bbox is not None, opt.seed)
     out = Path(out_dir)
-    write_json(result, out / "metrics.json")
+    write_json(out / "metrics.json", result)
     from roi_consistency.report import write_report
-    roc = {}
-    for j, c in enumerate(classes):
-        if result["auroc"]["full"][c] is not None:
-            fpr, tpr, _ = roc_curve(y[:, j], p_full[:, j])
-            roc[c] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": result["auroc"]["full"][c]}
-    write_report(out / "report.html", result, roc, examples)
+    write_report(out / "report.html", result, M.roc_curves(ds.labels, t.p_full, classes, result["auroc"]["full"]),
+                 t.examples)
     return result
-
-
-def _example(model, xn, name, classes, yrow, boxes, src, size, maps, r) -> dict:
-    """One row of the report's example grid: the image, its boxes, each map's heat and top-r region,
-    and the probabilities of the true findings with each map's region kept or removed."""
-    ex_maps = {}
-    for key, (mp, tie) in maps.items():
-        heat = mp.float().cpu().numpy()  # shown without the tie-breaking jitter, which is only for top-r
-        ex_maps[key] = {"heat": (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12),
-                        "mask": topk_mask((mp + tie)[None, None].float(), r)[0, 0].cpu().numpy() > 0.5}
-    labels = [c for c, v in zip(classes, yrow) if v > 0.5]
-    return {"image": name, "labels": labels, "gray": to_gray(xn, model),
-            "boxes": [(b[0], *scale_box(b[1:], src, size)) for b in boxes], "maps": ex_maps,
-            "probs": _example_probs(model, xn, classes, labels, maps["learned"][0], r)}
-
-
-@torch.no_grad()
-def _example_probs(model, xn, classes, labels, learned, r) -> dict:
-    m = topk_mask(learned[None, None].float(), r)
-    out = torch.sigmoid(model.backbone(torch.cat([xn[None], *model.crop_drop(xn[None], m)])).float())
-    return {k: {c: float(out[j, classes.index(c)]) for c in labels} for j, k in enumerate(("full", "crop", "drop"))}

@@ -4,67 +4,39 @@ image and class, into preds.json; mask overlays, crops and drops as PNGs into --
     roi-consistency infer --checkpoint checkpoints/nih_roi_consistency.pt --csv nih_roi_test.csv \
         --image-root images --out preds.json --vis-dir roi_vis
 
-Classes, image size and normalisation always come from the checkpoint.
+Classes, image size, normalisation, keep ratio and fill always come from the checkpoint. Where the
+mask network draws one map per class, each image's mask is the map of its most probable class,
+named as `mask_class`.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from roi_consistency.atomic import write_json, write_png
 from roi_consistency.cache import ImageCache
-from roi_consistency.checkpoint import load_checkpoint
+from roi_consistency.checkpoint import load_trained
+from roi_consistency.config import FILLS
 from roi_consistency.data import ImageCSVDataset, load_image
-from roi_consistency.errors import UserError
-from roi_consistency.model import ROIModel, build_model
-
-FILLS = {"mean": "ImageNet mean intensity (0 after normalisation)",
-         "normal": "the mean image of the training set's normal (no finding) images, pixel by pixel"}
-
-
-def fill_text(cfg: dict) -> str:
-    return FILLS[cfg.get("fill", "mean")]
-
-
-def pick_device(flag: str = "auto") -> torch.device:
-    if flag == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
-    return torch.device("cuda" if flag in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def load_trained(path: str, device: torch.device) -> tuple[ROIModel, dict]:
-    """Model in eval mode and the training config (a plain dict) from a checkpoint."""
-    ckpt = load_checkpoint(path)
-    cfg = ckpt["config"]
-    model = build_model(cfg, load_pretrained=False)
-    model.backbone.load_state_dict(ckpt["backbone"])
-    model.mask_net.load_state_dict(ckpt["mask_net"])
-    model.set_fill(ckpt.get("fill_image"))
-    # channels-last weights make every conv run channels-last (faster on CUDA and CPU alike)
-    return model.to(device, memory_format=torch.channels_last).eval(), cfg
+from roi_consistency.model import Explanation, ROIModel, random_mask_logits, topk_mask
+from roi_consistency.runtime import pick_device
 
 
 @torch.no_grad()
-def score(model: ROIModel, x: torch.Tensor, keep_ratio: float) -> dict[str, torch.Tensor]:
-    """Probabilities for full/crop/drop plus the mask logits and binary mask, in one backbone call."""
+def score(model: ROIModel, x: torch.Tensor, keep_ratio: float, random_map: bool = False) -> dict[str, torch.Tensor]:
+    """Probabilities for full/crop/drop, the map and its binary mask, and the explained class. random_map:
+    the model is the reference's random_mask control, whose region is random."""
     xn = model.normalize(x)
-    mk = model.masks(xn, keep_ratio)
-    m = mk["mask"]
-    out = model.backbone(torch.cat([xn, *model.crop_drop(xn, m)])).float()
+    e = Explanation(random_mask_logits(xn.shape, xn.device), None, None) if random_map else model.explain(xn)
+    m = topk_mask(e.logits, keep_ratio)
+    out = model.backbone(torch.cat([xn, *model.crop_drop(xn, m.to(xn.dtype))])).float()
     p_full, p_crop, p_drop = torch.sigmoid(out).chunk(3)
-    return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "mask_logits": mk["logits"], "xn": xn,
-            "explained": mk["explained"]}
-
-
-def to_gray(xn: torch.Tensor, model: ROIModel) -> np.ndarray:
-    """Undo the normalisation of a [3,H,W] model input; a removed pixel shows as the fill it got."""
-    return (xn * model.std[0] + model.mean[0]).mean(0).clamp(0, 1).cpu().numpy()
+    return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "mask_logits": e.logits, "xn": xn,
+            "explained": e.cls}
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -79,24 +51,15 @@ def overlay(gray: np.ndarray, heat: np.ndarray, region: np.ndarray) -> np.ndarra
     return (rgb.clip(0, 1) * 255).astype(np.uint8)
 
 
-def save_png(arr: np.ndarray, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img = Image.fromarray(arr if arr.dtype == np.uint8 else (arr.clip(0, 1) * 255).astype(np.uint8))
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def write_vis(vis_dir: str | Path, name: str, model: ROIModel, s: dict, i: int) -> None:
     stem = Path(name).stem
     xn, m = s["xn"][i], s["mask"][i, 0].cpu().numpy()
-    gray = to_gray(xn, model)
-    heat = s["mask_logits"][i, 0].float().cpu().numpy() if s["mask_logits"] is not None else m
-    save_png(overlay(gray, heat, m > 0.5), Path(vis_dir) / f"{stem}_overlay.png")
+    gray = model.to_gray(xn).cpu().numpy()
+    write_png(Path(vis_dir) / f"{stem}_overlay.png", overlay(gray, s["mask_logits"][i, 0].float().cpu().numpy(),
+                                                            m > 0.5))
     crop, drop = model.crop_drop(xn[None], s["mask"][i][None])
-    save_png(to_gray(crop[0], model), Path(vis_dir) / f"{stem}_crop.png")
-    save_png(to_gray(drop[0], model), Path(vis_dir) / f"{stem}_drop.png")
+    write_png(Path(vis_dir) / f"{stem}_crop.png", model.to_gray(crop[0]).cpu().numpy())
+    write_png(Path(vis_dir) / f"{stem}_drop.png", model.to_gray(drop[0]).cpu().numpy())
 
 
 def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: list[str] | None) -> dict:
@@ -113,13 +76,9 @@ def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: li
     return rec
 
 
-def write_json(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+def _header(checkpoint: str, cfg, r: float, preds: list[dict]) -> dict:
+    return {"checkpoint": str(checkpoint), "classes": cfg.data.classes, "keep_ratio": r,
+            "img_size": cfg.model.img_size, "fill": FILLS[cfg.method.fill], "predictions": preds}
 
 
 def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json", keep_ratio: float | None = None,
@@ -127,14 +86,14 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
               workers: int = 2, progress: bool = True, cache: str | None = None) -> dict:
     dev = pick_device(device)
     model, cfg = load_trained(checkpoint, dev)
-    classes, r = cfg["classes"], keep_ratio if keep_ratio is not None else cfg["keep_ratio"]
-    ds = ImageCSVDataset(csv, image_root, cfg["img_size"], classes,
-                         cache=ImageCache(cache, cfg["img_size"]) if cache else None)
+    classes, size = cfg.data.classes, cfg.model.img_size
+    r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
+    ds = ImageCSVDataset(csv, image_root, size, classes, cache=ImageCache(cache, size) if cache else None)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     preds, written = [], 0
     with tqdm(total=len(ds), desc="infer", unit="img", disable=not progress) as bar:
         for x, y, idx in loader:
-            s = score(model, x.to(dev), r)
+            s = score(model, x.to(dev), r, cfg.method.mode == "random_mask")
             for j, i in enumerate(idx.tolist()):
                 labels = [c for c, v in zip(classes, y[j].tolist()) if v > 0.5] if ds.has_labels else None
                 preds.append(prediction_record(ds.names[i], classes, s, j, labels))
@@ -142,9 +101,8 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
                     write_vis(vis_dir, ds.names[i], model, s, j)
                     written += 1
             bar.update(len(idx))
-    result = {"checkpoint": str(checkpoint), "classes": classes, "keep_ratio": r, "img_size": cfg["img_size"],
-              "fill": fill_text(cfg), "predictions": preds}
-    write_json(result, out)
+    result = _header(checkpoint, cfg, r, preds)
+    write_json(out, result)
     return result
 
 
@@ -153,20 +111,18 @@ def infer_image(checkpoint: str, image: str, keep_ratio: float | None = None, ou
                 device: str = "auto") -> dict:
     dev = pick_device(device)
     model, cfg = load_trained(checkpoint, dev)
-    classes, r = cfg["classes"], keep_ratio if keep_ratio is not None else cfg["keep_ratio"]
-    x = load_image(image, cfg["img_size"]).float().div_(255).unsqueeze(0).to(dev)
-    s = score(model, x, r)
-    rec = prediction_record(Path(image).name, classes, s, 0, None)
+    r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
+    x = load_image(image, cfg.model.img_size).float().div_(255).unsqueeze(0).to(dev)
+    s = score(model, x, r, cfg.method.mode == "random_mask")
     if save_mask:
-        save_png((s["mask"][0, 0].cpu().numpy() * 255).astype(np.uint8), save_mask)
+        write_png(save_mask, (s["mask"][0, 0].cpu().numpy() * 255).astype(np.uint8))
     if save_crop:
-        save_png(to_gray(model.crop_drop(s["xn"][:1], s["mask"][:1])[0][0], model), save_crop)
+        write_png(save_crop, model.to_gray(model.crop_drop(s["xn"][:1], s["mask"][:1])[0][0]).cpu().numpy())
     if vis_dir:
         write_vis(vis_dir, Path(image).name, model, s, 0)
-    result = {"checkpoint": str(checkpoint), "classes": classes, "keep_ratio": r, "img_size": cfg["img_size"],
-              "fill": fill_text(cfg), "predictions": [rec]}
+    result = _header(checkpoint, cfg, r, [prediction_record(Path(image).name, cfg.data.classes, s, 0, None)])
     if out:
-        write_json(result, out)
+        write_json(out, result)
     return result
 
 

@@ -76,3 +76,14 @@ def mask_leakage(features: np.ndarray, y: np.ndarray, classes: list[str], folds:
         p = cross_val_predict(LogisticRegression(max_iter=2000), x, col, cv=cv, method="predict_proba")[:, 1]
         out[name] = float(roc_auc_score(col, p))
     return {"per_class": out, "mean_auroc": mean_auroc(out)}
+
+
+def roc_curves(y_true: np.ndarray, y_score: np.ndarray, classes: list[str], auroc: dict) -> dict:
+    """{class: {"fpr", "tpr", "auc"}} for every class with a defined AUROC."""
+    from sklearn.metrics import roc_curve
+    out = {}
+    for j, c in enumerate(classes):
+        if auroc.get(c) is not None:
+            fpr, tpr, _ = roc_curve(y_true[:, j], y_score[:, j])
+            out[c] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auroc[c]}
+    return out

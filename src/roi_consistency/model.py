@@ -1,26 +1,32 @@
-"""The ROI-consistency model: a torchvision backbone plus a small mask network.
+"""The ROI-consistency model: a torchvision classifier, a mask network that explains it, and the fill.
 
 Input is a batch of one-channel images in [0, 1]. The model repeats them to three channels and
-normalises with the ImageNet mean/std. A removed pixel takes the value of the fill: the ImageNet mean
-intensity (0 after normalisation, `--fill mean`, the reference: `crop = x * m`, `drop = x * (1 - m)`),
-or the same pixel of the mean normal training image (`--fill normal`: `crop = x*m + f*(1-m)`,
-`drop = x*(1-m) + f*m`), so that removing a region shows what a chest without findings has there
-instead of a flat grey patch, which in a lung looks like an opacity itself.
+normalises with the ImageNet mean/std; `model(x)` is the classifier's logits on the full image.
 
-The binary mask keeps exactly k = round(keep_ratio * H * W) pixels per image: we rank the mask
-logits and scatter ones at the top-k indices. A threshold at the k-th value would keep every tied
-pixel, and a saturated sigmoid ties many. A straight-through estimator (`hard + (soft - soft.detach())`)
-lets the consistency and drop losses reach the mask network.
+A removed pixel takes the value of the fill: the ImageNet mean intensity (0 after normalisation,
+`fill="mean"`, the reference: `crop = x * m`, `drop = x * (1 - m)`), or the same pixel of the mean
+normal training image (`fill="normal"`: `crop = x*m + f*(1-m)`, `drop = x*(1-m) + f*m`), so that
+removing a region shows what a chest without findings has there instead of a flat grey patch, which
+in a lung looks like an opacity itself.
+
+The binary mask keeps exactly k = round(keep_ratio * H * W) pixels per image: we rank the map and
+scatter ones at the top-k indices (a threshold at the k-th value would keep every tied pixel, and a
+saturated sigmoid ties many). A straight-through estimator (`hard + (soft - soft.detach())`) lets the
+crop and drop losses reach the mask network.
+
+Two mask networks, behind one constructor signature (MASK_NETS): `features_grad`, the method's head on
+the classifier's own features and attribution, one map per class; and `tiny`, the reference's
+3->16->32->1 convolutions on the image.
 """
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roi_consistency.config import mask_head_of
 from roi_consistency.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,16 +47,22 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return hard + (soft - soft.detach())
 
 
+def binary_mask(logits: torch.Tensor, keep_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the top-k mask with the sigmoid's straight-through gradient, the sigmoid itself)."""
+    soft = torch.sigmoid(logits)
+    return straight_through(topk_mask(logits.detach(), keep_ratio), soft), soft
+
+
 def random_mask_logits(shape: tuple[int, ...], device, generator: torch.Generator | None = None) -> torch.Tensor:
     """Smooth random logits: noise at 1/8 resolution, upsampled, so a random top-k mask is a few
     blobs of the same area as a learned region rather than scattered single pixels."""
     b, _, h, w = shape
-    low = torch.rand(b, 1, max(1, h // 8), max(1, w // 8), generator=generator, device=device)
-    return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    low = torch.rand(b, 1, max(1, h // 8), max(1, w // 8), generator=generator)
+    return F.interpolate(low.to(device), size=(h, w), mode="bilinear", align_corners=False)
 
 
 class MaskNet(nn.Module):
-    """The reference mask network: 3->16->32->1 3x3 convs with ReLU; returns logits."""
+    """The reference mask network: 3->16->32->1 3x3 convs with ReLU on the image; returns logits."""
 
     def __init__(self):
         super().__init__()
@@ -64,36 +76,19 @@ class MaskNet(nn.Module):
         return self.net(x)
 
 
-class DilatedMaskNet(nn.Module):
-    """A mask network that sees context: at half resolution, 3x3 convs dilated 1, 2, 4, 8 and 16 give
-    a receptive field of about 130 input pixels (the reference net sees 7x7), then logits are
-    upsampled to the input size."""
-
-    def __init__(self, width: int = 24):
-        super().__init__()
-        layers = [nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
-        for d in (1, 2, 4, 8, 16):
-            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(width, 1, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.net(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+# The stages the method's head reads, strides 4-32 (small lesions need the stride-4 stage: a nodule at
+# 128 px is about one stride-8 cell).
+FEATURE_LAYERS = {"resnet": ("layer1", "layer2", "layer3", "layer4"),
+                  "convnext": ("features.1", "features.3", "features.5", "features.7")}
 
 
-# The stages the features mask nets read, coarse (strides 8-32) and fine (strides 4-32: small lesions
-# need the stride-4 stage, a nodule at 128 px being about one stride-8 cell).
-FEATURE_LAYERS = {"resnet": ("layer2", "layer3", "layer4"), "convnext": ("features.3", "features.5", "features.7")}
-FINE_LAYERS = {"resnet": ("layer1",), "convnext": ("features.1",)}
-
-
-def feature_layers(backbone: nn.Module, fine: bool = False) -> tuple[str, ...]:
+def feature_layers(backbone: nn.Module) -> tuple[str, ...]:
     names = {n for n, _ in backbone.named_modules()}
-    for family, layers in FEATURE_LAYERS.items():
-        layers = FINE_LAYERS[family] + layers if fine else layers
+    for layers in FEATURE_LAYERS.values():
         if all(n in names for n in layers):
             return layers
-    raise UserError("--mask-net features supports ResNet and ConvNeXt backbones; use --mask-net dilated")
+    raise UserError("the method's mask head reads ResNet and ConvNeXt feature stages; pick such a --backbone "
+                    "(or --preset seed, whose mask net reads the image)")
 
 
 @contextlib.contextmanager
@@ -115,21 +110,13 @@ def explained_class(logits: torch.Tensor, cls: torch.Tensor | None) -> torch.Ten
     return top if cls is None else torch.where(cls >= 0, cls, top)
 
 
-def backbone_features(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...]):
-    """The classifier's own feature maps at three depths, and its logits on xn, which come free with
-    them (no gradient: the mask must not reshape the classifier)."""
-    with captured(backbone, layers) as feats, torch.no_grad():
-        out = backbone(xn)
-    return [feats[n].float() for n in layers], out
-
-
 def class_attribution(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, ...], cls: torch.Tensor | None,
                       fill: torch.Tensor | float):
     """One pass with input gradients: the feature maps (detached), the logits, the class each image is
     explained for (cls, or the most probable where cls is None or -1), and gradient x (input - fill) of
     that class's logit, [B,1,H,W]: the first-order change of the logit when each pixel is removed."""
     was_training = backbone.training
-    backbone.eval()  # joint training too: per-image (running) statistics, no drop-path noise in the attribution
+    backbone.eval()  # joint training too: running statistics, no drop-path noise in the attribution
     try:
         with captured(backbone, layers) as feats, torch.enable_grad():
             xg = xn.detach().requires_grad_(True)
@@ -143,61 +130,144 @@ def class_attribution(backbone: nn.Module, xn: torch.Tensor, layers: tuple[str, 
 
 
 class FeatureMaskNet(nn.Module):
-    """A mask head on the classifier's own features (three depths, 1x1 convs, summed at the finest
-    of them, a 3x3 conv, upsampled to the input): the mask sees what the classifier sees. The backbone
-    is passed at call time, so its weights are not stored twice. With out_channels = number of classes
-    it draws one map per class (`--mask-head per_class`).
+    """The method's mask head: one map per class from the classifier's own features (four depths, 1x1
+    convs, summed at the finest, a 3x3 conv, upsampled to the input) and, for the class it explains,
+    the classifier's gradient x (input - fill): the first-order estimate of how much removing each pixel
+    lowers that class's logit. Learning that from the crop and drop terms alone takes more than a CPU
+    budget: their straight-through gradient is this same quantity, one noisy image at a time, and it
+    stops once the region holds the evidence. The head learns, against those terms, which of that
+    evidence the region should hold. The backbone is passed at call time, so its weights are not stored
+    twice."""
 
-    With grad=True (`--mask-net features_grad`) it also reads, for the class it explains, the classifier's
-    gradient x (input - fill): the first-order estimate of how much removing each pixel lowers that
-    class's logit. Learning that from the crop and drop terms alone takes more than a CPU budget: their
-    straight-through gradient is this same quantity, one noisy image at a time, and it stops once the
-    region holds the evidence, so a small lesion inside a large kept region is never made its peak.
-    The head still learns, against those terms, which of that evidence the region should hold."""
-
-    def __init__(self, channels: tuple[int, ...], width: int = 32, out_channels: int = 1, grad: bool = False):
+    def __init__(self, channels: tuple[int, ...], out_channels: int, layers: tuple[str, ...], width: int = 32):
         super().__init__()
-        self.grad_proj = nn.Conv2d(2, width, 1) if grad else None
+        self.grad_proj = nn.Conv2d(2, width, 1)
         self.proj = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(width, out_channels, 1))
-        self.layers: tuple[str, ...] = ()
+        self.layers = layers
 
-    def forward(self, x: torch.Tensor, backbone: nn.Module, cls: torch.Tensor | None = None,
-                fill: torch.Tensor | float = 0.0):
-        """(mask logits [B,K,H,W], the backbone's logits on x, the class the logits were drawn for or
-        None). With grad_proj (features_grad) the head also reads the attribution of class cls (-1 or
-        None: the most probable class) relative to the fill, so every map belongs to one class."""
-        explained = None
-        if self.grad_proj is not None:
-            feats, out, explained, a = class_attribution(backbone, x, self.layers, cls, fill)
-        else:
-            feats, out = backbone_features(backbone, x, self.layers)
+    def forward(self, xn: torch.Tensor, backbone: nn.Module, cls: torch.Tensor | None, fill: torch.Tensor | float):
+        """(the explained class's map [B,1,H,W], standardised per image; the explained class [B]: cls, or
+        the most probable class where cls is None or -1; the backbone's logits on xn)."""
+        feats, out, explained, a = class_attribution(backbone, xn, self.layers, cls, fill)
         size = feats[0].shape[-2:]
         z = sum(F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p, f in zip(self.proj, feats))
-        if self.grad_proj is not None:
-            # Scale-free (the classifier's confidence is not the map's business), evidence for and against
-            # the class as two channels, averaged over each feature cell: one pixel's gradient is noisy.
-            a = a / (a.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-8)
-            z = z + self.grad_proj(F.adaptive_avg_pool2d(torch.cat([a.relu(), (-a).relu()], 1), size))
-        return F.interpolate(self.head(z), size=x.shape[-2:], mode="bilinear", align_corners=False), out, explained
+        # Scale-free (the classifier's confidence is not the map's business), evidence for and against
+        # the class as two channels, averaged over each feature cell: one pixel's gradient is noisy.
+        a = a / (a.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-8)
+        z = z + self.grad_proj(F.adaptive_avg_pool2d(torch.cat([a.relu(), (-a).relu()], 1), size))
+        maps = self.head(z)
+        m = maps.gather(1, explained.view(-1, 1, 1, 1).expand(-1, 1, *size)).float()
+        m = F.interpolate(m, size=xn.shape[-2:], mode="bilinear", align_corners=False)
+        # Rank is all top-k uses; standardising keeps the sigmoid out of saturation, where the
+        # straight-through gradient would vanish (the whole mask drifting to 1.0).
+        m = (m - m.mean(dim=(2, 3), keepdim=True)) / (m.std(dim=(2, 3), keepdim=True) + 1e-6)
+        return m, explained, out
 
 
-def make_feature_mask_net(backbone: nn.Module, out_channels: int = 1, fine: bool = False,
-                          grad: bool = False) -> FeatureMaskNet:
-    layers = feature_layers(backbone, fine)
+def features_grad(backbone: nn.Module, n_classes: int) -> FeatureMaskNet:
+    layers = feature_layers(backbone)
     was_training = backbone.training
-    feats, _ = backbone_features(backbone.eval(), torch.zeros(1, 3, 64, 64), layers)  # probe channel counts
+    with captured(backbone, layers) as feats, torch.no_grad():  # probe the channel counts
+        backbone.eval()(torch.zeros(1, 3, 64, 64))
     backbone.train(was_training)
-    net = FeatureMaskNet(tuple(f.shape[1] for f in feats), out_channels=out_channels, grad=grad)
-    net.layers = layers
-    return net
+    return FeatureMaskNet(tuple(feats[n].shape[1] for n in layers), n_classes, layers)
 
 
-MASK_NETS = {"tiny": MaskNet, "dilated": DilatedMaskNet, "features": make_feature_mask_net,
-             "features_fine": lambda backbone, out_channels=1: make_feature_mask_net(backbone, out_channels, True),
-             "features_grad": lambda backbone, out_channels=1: make_feature_mask_net(backbone, out_channels, True,
-                                                                                     grad=True)}
+# Every mask network is built as MASK_NETS[name](backbone, n_classes).
+MASK_NETS = {"features_grad": features_grad, "tiny": lambda backbone, n_classes: MaskNet()}
+
+
+class Explanation(NamedTuple):
+    logits: torch.Tensor  # the map before the sigmoid, [B,1,H,W] float32
+    cls: torch.Tensor | None  # the class each map explains [B], or None for the reference's class-free map
+    full: torch.Tensor | None  # the backbone's logits on the image when they came free with the map
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """BatchNorm still normalises with batch statistics but does not fold them into its running
+    statistics: crop and drop images must not shift the statistics used on full images at test time."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+class ROIModel(nn.Module):
+    """A classifier (`backbone`), the mask network that explains it, and the fill of removed pixels."""
+
+    def __init__(self, backbone: nn.Module, mask_net: nn.Module, keep_ratio: float = 0.1):
+        super().__init__()
+        self.backbone, self.mask_net, self.keep_ratio = backbone, mask_net, keep_ratio
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # BatchNorm in training mode would pool statistics over full and masked images: such a backbone
+        # gets one call per kind of image (see logits); a LayerNorm one a single fused call.
+        self.fused = not has_batchnorm(backbone)
+        # [1,1,H,W] in [0,1] for fill="normal" (set_fill); a buffer, so it follows .to(device), but not in
+        # the backbone/mask state dicts: checkpoints store it on its own.
+        self.register_buffer("fill_image", None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits [B,C] on one-channel images x [B,1,H,W] in [0, 1]."""
+        return self.backbone(self.normalize(x))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def to_gray(self, xn: torch.Tensor) -> torch.Tensor:
+        """Undo normalize for [...,3,H,W]: one channel in [0, 1] (a removed pixel shows its fill)."""
+        return (xn * self.std[0] + self.mean[0]).mean(-3).clamp(0, 1)
+
+    def set_fill(self, image: torch.Tensor | None) -> None:
+        """The image whose pixels replace removed ones (None: the ImageNet mean, i.e. 0 after normalising)."""
+        self.fill_image = None if image is None else image.reshape(1, 1, *image.shape[-2:]).float().to(
+            self.mean.device)
+
+    def fill_for(self, xn: torch.Tensor) -> torch.Tensor:
+        """What a removed pixel shows, in normalised space at xn's size (0: the ImageNet mean)."""
+        if self.fill_image is None:
+            return xn.new_zeros(1, 1, 1, 1)
+        f = self.fill_image
+        if f.shape[-2:] != xn.shape[-2:]:
+            f = F.interpolate(f, size=xn.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+        return self.normalize(f).to(xn.dtype)
+
+    def crop_drop(self, xn: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the region kept, the rest filled; the region filled, the rest kept), in normalised space."""
+        f = self.fill_for(xn)
+        return xn * m + f * (1 - m), xn * (1 - m) + f * m
+
+    def explain(self, xn: torch.Tensor, cls: torch.Tensor | None = None) -> Explanation:
+        """The learned map of each image of xn (normalised). For the method's head, cls [B] picks the class
+        each map explains (None or -1: the most probable); the reference's map ignores it."""
+        if isinstance(self.mask_net, FeatureMaskNet):
+            return Explanation(*self.mask_net(xn, self.backbone, cls, self.fill_for(xn)))
+        return Explanation(self.mask_net(xn).float(), None, None)
+
+    def logits(self, full: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's logits on a batch of full images and on batches of masked ones. Fused into one
+        call unless BatchNorm is training: then one call each, and only the full images move the
+        running statistics."""
+        if self.fused or not self.backbone.training:
+            return list(self.backbone(torch.cat([full, *others])).split([len(full)] + [len(o) for o in others]))
+        out = [self.backbone(full)]
+        with frozen_bn_stats(self.backbone):
+            out += [self.backbone(o) for o in others]
+        return out
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -220,10 +290,8 @@ def build_backbone(name: str, num_classes: int, pretrained: bool = False, weight
         raise UserError(f"--backbone {name}: not a torchvision classification model; e.g. resnet18, "
                         "resnet50, densenet121, convnext_tiny, convnext_base, efficientnet_b0")
     kwargs = {}
-    if drop_path and name.startswith(("convnext", "swin", "efficientnet", "maxvit")):
-        kwargs["stochastic_depth_prob"] = drop_path
-    elif name.startswith(("convnext", "swin")):
-        kwargs["stochastic_depth_prob"] = 0.0  # override torchvision's heavy built-in default
+    if name.startswith(("convnext", "swin", "efficientnet", "maxvit")):
+        kwargs["stochastic_depth_prob"] = drop_path  # also overrides torchvision's heavy built-in default
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     if pretrained and not weights:
         w = torchvision.models.get_model_weights(name).DEFAULT
@@ -240,8 +308,9 @@ def build_backbone(name: str, num_classes: int, pretrained: bool = False, weight
 
 
 def load_matching(model: nn.Module, path: str) -> None:
-    """Load a local state dict, keeping only tensors whose name and shape match (a 1000-class
-    ImageNet head is skipped). Refuse files that match almost nothing: wrong architecture."""
+    """Load a local state dict (or the backbone of a checkpoint of this tool), keeping only tensors whose
+    name and shape match (a 1000-class ImageNet head is skipped). Refuse files that match almost
+    nothing: wrong architecture."""
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -258,185 +327,14 @@ def load_matching(model: nn.Module, path: str) -> None:
     model.load_state_dict(keep, strict=False)
 
 
-def has_batchnorm(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+def build_model(model_cfg, method_cfg, n_classes: int, load_pretrained: bool = True) -> ROIModel:
+    """The model of a config's model and method groups. load_pretrained=False when a checkpoint will
+    overwrite every weight."""
+    backbone = build_backbone(model_cfg.backbone, n_classes, pretrained=model_cfg.pretrained and load_pretrained,
+                              weights=model_cfg.weights if load_pretrained else None, drop_path=model_cfg.drop_path)
+    return ROIModel(backbone, MASK_NETS[mask_net_name(method_cfg)](backbone, n_classes), method_cfg.keep_ratio)
 
 
-@contextlib.contextmanager
-def frozen_bn_stats(module: nn.Module):
-    """BatchNorm still normalises with batch statistics but does not fold them into its running
-    statistics: crop and drop images must not shift the statistics used on full images at test time."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, mom in zip(bns, saved):
-            m.momentum = mom
-
-
-def select_maps(maps: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """maps[b, cls[b]] as [B,1,H,W]."""
-    return maps.gather(1, cls.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:]))
-
-
-class ROIModel(nn.Module):
-    """Backbone + mask network. forward() returns the three logits and the masks."""
-
-    def __init__(self, backbone: nn.Module, mask_net: nn.Module, keep_ratio: float = 0.1,
-                 mode: str = "full", passes: str = "auto", mask_norm: str = "none"):
-        super().__init__()
-        self.mask_norm = mask_norm
-        self.backbone, self.mask_net = backbone, mask_net
-        self.keep_ratio, self.mode, self.passes = keep_ratio, mode, passes
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        # BatchNorm in training mode would pool statistics over [full; crop; drop].
-        self.fused_in_training = passes == "fused" or (passes == "auto" and not has_batchnorm(backbone))
-        # Set for the mask stage of two_stage training: the classifier is fixed, so the full image needs
-        # no graph and crop/drop need gradients only with respect to their pixels.
-        self.frozen_backbone = False
-        # [1,1,H,W] in [0,1] for --fill normal (set_fill); a buffer, so it follows .to(device), but not in
-        # the backbone/mask state dicts: checkpoints store it on its own.
-        self.register_buffer("fill_image", None, persistent=False)
-
-    def set_fill(self, image: torch.Tensor | None) -> None:
-        """The image whose pixels replace removed ones (None: the ImageNet mean, i.e. 0 after normalising)."""
-        self.fill_image = None if image is None else image.reshape(1, 1, *image.shape[-2:]).float().to(
-            self.mean.device)
-
-    def fill_for(self, xn: torch.Tensor) -> torch.Tensor:
-        """What a removed pixel shows, in normalised space at xn's size (0: the ImageNet mean)."""
-        if self.fill_image is None:
-            return xn.new_zeros(1, 1, 1, 1)
-        f = self.fill_image
-        if f.shape[-2:] != xn.shape[-2:]:
-            f = F.interpolate(f, size=xn.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
-        return self.normalize(f).to(xn.dtype)
-
-    def crop_drop(self, xn: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the region kept, the rest filled; the region filled, the rest kept), in normalised space."""
-        f = self.fill_for(xn)
-        return xn * m + f * (1 - m), xn * (1 - m) + f * m
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
-
-    def mask_maps(self, xn: torch.Tensor, cls: torch.Tensor | None = None):
-        """Every learned map before the sigmoid, [B,K,H,W] float32 (K = 1 for a shared head, one per
-        class for a per-class head), the backbone's logits on xn when the mask network computed
-        them on the way (the features net does), else None, and the class the maps were drawn for
-        when the mask network reads a class's attribution (else None)."""
-        explained = None
-        if isinstance(self.mask_net, FeatureMaskNet):
-            fill = self.fill_for(xn) if self.mask_net.grad_proj is not None else 0.0
-            maps, out, explained = self.mask_net(xn, self.backbone, cls, fill)
-        else:
-            maps, out = self.mask_net(xn), None
-        maps = maps.float()
-        if self.mask_norm == "standardize":
-            # Rank is all top-k uses; standardising per image keeps the sigmoid out of saturation, where
-            # the straight-through gradient would vanish (the whole mask drifting to 1.0).
-            mu, sd = maps.mean(dim=(2, 3), keepdim=True), maps.std(dim=(2, 3), keepdim=True)
-            maps = (maps - mu) / (sd + 1e-6)
-        return maps, out, explained
-
-    @property
-    def class_specific(self) -> bool:
-        """Is each map drawn for one class (a per-class head, or a head reading a class's attribution)?"""
-        return isinstance(self.mask_net, FeatureMaskNet) and (
-            self.mask_net.grad_proj is not None or self.mask_net.head[-1].out_channels > 1)
-
-    def explain(self, xn: torch.Tensor, cls: torch.Tensor | None = None):
-        """(map [B,1,H,W] before the sigmoid, the class each map explains [B] or None for a map that is
-        not drawn for a class, the backbone's logits on xn if they came free or were needed, else None).
-        For a class-specific map, cls picks the class per image; None or -1 means the most probable one."""
-        maps, out, explained = self.mask_maps(xn, cls)
-        if maps.shape[1] == 1:
-            return maps, explained, out
-        if explained is None:
-            if out is None:
-                with torch.no_grad():
-                    out = self.backbone(xn)
-            explained = explained_class(out, cls)
-        return select_maps(maps, explained), explained, out
-
-    def masks(self, xn: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None) -> dict:
-        """The learned map ("logits"), its sigmoid ("soft"), the binary mask with a straight-through
-        gradient ("mask"), the explained class and the free full-image logits (see explain)."""
-        r = self.keep_ratio if keep_ratio is None else keep_ratio
-        if self.mode == "random_mask":
-            m = topk_mask(random_mask_logits(xn.shape, xn.device), r)
-            return {"logits": None, "soft": None, "mask": m, "explained": None, "full": None}
-        logits, explained, out = self.explain(xn, cls)
-        soft = torch.sigmoid(logits)
-        return {"logits": logits, "soft": soft, "mask": straight_through(topk_mask(logits.detach(), r), soft),
-                "explained": explained, "full": out}
-
-    def forward(self, x: torch.Tensor, keep_ratio: float | None = None, cls: torch.Tensor | None = None,
-                evalx: int | None = None):
-        """{"full", "crop", "drop"} logits and the masks. cls: the class each image's mask should explain
-        (class-specific maps; None or -1: the most probable class). evalx (an int, 0 included) is the
-        classifier stage of two_stage training instead: logits for the full batch and for its first
-        `evalx` images under random masks ("masked")."""
-        xn = self.normalize(x)
-        if evalx is not None:
-            return self._evalx(xn, evalx, self.keep_ratio if keep_ratio is None else keep_ratio)
-        if self.mode == "standard" and self.training:  # plain classifier: no mask work at all
-            return {"full": self.backbone(xn)}
-        mk = self.masks(xn, keep_ratio, cls)
-        m = mk["mask"].to(xn.dtype)
-        crop, drop = self.crop_drop(xn, m)
-        if self.frozen_backbone:
-            full_l = mk["full"]
-            if full_l is None:
-                with torch.no_grad():
-                    full_l = self.backbone(xn)
-            crop_l, drop_l = self.backbone(torch.cat([crop, drop])).chunk(2)
-        elif self.fused_in_training or not self.backbone.training:
-            full_l, crop_l, drop_l = self.backbone(torch.cat([xn, crop, drop])).chunk(3)
-        else:
-            full_l = self.backbone(xn)
-            with frozen_bn_stats(self.backbone):
-                crop_l, drop_l = self.backbone(crop), self.backbone(drop)
-        return {"full": full_l, "crop": crop_l, "drop": drop_l, "mask": m, "soft": mk["soft"],
-                "mask_logits": mk["logits"], "explained": mk["explained"]}
-
-    def _evalx(self, xn: torch.Tensor, n: int, keep_ratio: float) -> dict:
-        """EVAL-X: the first n images again under a random mask of the given area, even ones kept
-        (crop) and odd ones removed (drop), so the classifier learns what a masked image shows. One
-        extra pass over n images, not two over the whole batch."""
-        if n == 0:
-            return {"full": self.backbone(xn)}
-        m = topk_mask(random_mask_logits(xn[:n].shape, xn.device), keep_ratio).to(xn.dtype)
-        keep = (torch.arange(n, device=xn.device) % 2 == 0).view(-1, 1, 1, 1)
-        masked = self.crop_drop(xn[:n], torch.where(keep, m, 1 - m))[0]
-        if self.fused_in_training:
-            full_l, masked_l = self.backbone(torch.cat([xn, masked])).split([len(xn), n])
-        else:
-            full_l = self.backbone(xn)
-            with frozen_bn_stats(self.backbone):
-                masked_l = self.backbone(masked)
-        return {"full": full_l, "masked": masked_l}
-
-
-def build_model(cfg: dict, load_pretrained: bool = True) -> ROIModel:
-    """Build from a TrainConfig dict. load_pretrained=False when a checkpoint will overwrite weights."""
-    if cfg["mask_net"] not in MASK_NETS:
-        raise UserError(f"--mask-net {cfg['mask_net']}: choose from {', '.join(MASK_NETS)}")
-    backbone = build_backbone(cfg["backbone"], len(cfg["classes"]),
-                              pretrained=cfg["pretrained"] and load_pretrained,
-                              weights=cfg["weights"] if load_pretrained else None,
-                              drop_path=cfg["drop_path"])
-    on_features = cfg["mask_net"].startswith("features")
-    per_class = mask_head_of(cfg) == "per_class"
-    if per_class and not on_features:
-        raise UserError("--mask-head per_class needs --mask-net features, features_fine or features_grad")
-    out_channels = len(cfg["classes"]) if per_class else 1
-    mask_net = MASK_NETS[cfg["mask_net"]](backbone, out_channels) if on_features else MASK_NETS[cfg["mask_net"]]()
-    return ROIModel(backbone, mask_net, cfg["keep_ratio"], cfg["mode"], cfg["passes"],
-                    cfg.get("mask_norm", "none"))
+def mask_net_name(method_cfg) -> str:
+    """The method's head, or the reference's tiny net for joint training."""
+    return "tiny" if method_cfg.joint else "features_grad"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from roi_consistency.atomic import atomic_write
 from roi_consistency.errors import UserError
 from roi_consistency.labels import FINDINGS, LabelError, format_labels, parse_labels
 
@@ -149,11 +150,7 @@ def unify(data_root: str, out: str | None = None, progress: bool = True) -> Unif
             if os.readlink(link) == src and os.path.exists(src):
                 stats.unchanged += 1
                 continue
-        tmp = out_dir / f".{name}.tmp"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        os.symlink(src, tmp)
-        os.replace(tmp, link)  # atomic: a reader never sees a missing or half-made link
+        atomic_write(link, lambda tmp, src=src: os.symlink(src, tmp))  # a reader never sees a missing link
         if entry is None:
             stats.created += 1
         else:
@@ -279,13 +276,13 @@ def format_summary(summary: dict[str, dict]) -> str:
 
 def write_csv(path: Path, rows: list[Entry]) -> None:
     """Write `image,labels` atomically: a crash never leaves a half-written CSV behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "labels"])
-        for e in rows:
-            w.writerow([e.image, format_labels(e.findings)])
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "labels"])
+            for e in rows:
+                w.writerow([e.image, format_labels(e.findings)])
+    atomic_write(path, write)
 
 
 def make_csv(data_root: str, image_root: str | None = None, out_dir: str = ".",

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
+from .atomic import write_png, write_text
 from .errors import UserError
 from .labels import FINDINGS, NO_FINDING
 
@@ -243,20 +244,6 @@ def render_image(rng, size: int, findings_on_image=(), style: str = "default"):
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), boxes
 
 
-def _atomic(path: Path, write) -> None:
-    """Write to a temporary name in the same folder, then rename: never a truncated final file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, lines) -> None:
-    _atomic(path, lambda p: p.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
-
-
 def _write_image(task):
     index, path, labels, rgba, size, seed, style = task
     rng = np.random.default_rng([seed, 2, index, STYLES.index(style)])
@@ -264,7 +251,7 @@ def _write_image(task):
     im = Image.fromarray(pixels)  # uint8 2-D -> mode "L"
     if rgba:  # a few NIH PNGs are RGBA; loaders must cope
         im = im.convert("RGBA")
-    _atomic(Path(path), lambda p: im.save(p, format="PNG", compress_level=3))
+    write_png(path, im, compress_level=3)
     return boxes
 
 
@@ -293,53 +280,66 @@ def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, 
     if workers < 1:
         raise PhantomError(f"workers must be >= 1 (got {workers})")
     out = Path(out)
-
-    # Patients own 1-4 consecutive images; age and sex belong to the patient.
-    prng, patients, total = np.random.default_rng([seed, 0]), [], 0
-    while total < n_images:
-        count, age, sex = int(prng.integers(1, 5)), int(prng.integers(20, 86)), "MF"[int(prng.integers(2))]
-        patients.append((len(patients) + 1, count, age, sex))
-        total += count
-    rows = []  # (name, patient_id, follow_up, age, sex)
-    for pid, count, age, sex in patients:
-        rows += [(f"{pid:08d}_{k:03d}.png", pid, k, age, sex) for k in range(count)]
-    rows = rows[:n_images]
+    rows = _patient_rows(n_images, seed)
     n_patients = rows[-1][1]
-
     srng = np.random.default_rng([seed, 1])
     n_test = 0 if n_patients < 2 else min(n_patients - 1, max(1, round(TEST_FRACTION * n_patients)))
     test_patients = set((srng.permutation(n_patients)[:n_test] + 1).tolist())
     n_rgba = max(int(n_images >= 50), round(RGBA_FRACTION * n_images))
     rgba = set(srng.choice(n_images, n_rgba, replace=False).tolist())
-
     labels, views = [], []
     for i in range(n_images):
         lrng = np.random.default_rng([seed, 3, i])
         labels.append(tuple(findings[j] for j in _sample_labels(lrng, findings)))
         views.append("PA" if lrng.random() < 0.6 else "AP")
-
     # Fill shards in order, like images_001 … images_012 of the real set.
     shard_size = max(1, math.ceil(n_images / N_SHARDS))
     paths = [out / f"images_{i // shard_size + 1:03d}" / "images" / rows[i][0] for i in range(n_images)]
     _remove_stale(out, set(paths))
     for d in sorted({p.parent for p in paths}):
         d.mkdir(parents=True, exist_ok=True)
-
     tasks = [(i, str(paths[i]), labels[i], i in rgba, size, seed, style) for i in range(n_images)]
-    if workers > 1 and n_images > 1:
-        pool = multiprocessing.get_context().Pool(min(workers, n_images))
-        results = pool.imap(_write_image, tasks, chunksize=max(1, min(32, n_images // (workers * 8))))
+    boxes = _render_all(tasks, workers, progress)
+    test, train_val, n_boxes = _write_metadata(out, rows, labels, views, boxes, test_patients, size)
+    return {"out": str(out), "n_images": n_images, "n_patients": n_patients, "n_test": len(test),
+            "n_train_val": len(train_val), "n_boxes": n_boxes,
+            "positives": {f: sum(f in lab for lab in labels) for f in findings}}
+
+
+def _patient_rows(n_images: int, seed: int) -> list[tuple]:
+    """(name, patient_id, follow_up, age, sex) per image: patients own 1-4 consecutive images, and age
+    and sex belong to the patient."""
+    prng, patients, total = np.random.default_rng([seed, 0]), [], 0
+    while total < n_images:
+        count, age, sex = int(prng.integers(1, 5)), int(prng.integers(20, 86)), "MF"[int(prng.integers(2))]
+        patients.append((len(patients) + 1, count, age, sex))
+        total += count
+    rows = []
+    for pid, count, age, sex in patients:
+        rows += [(f"{pid:08d}_{k:03d}.png", pid, k, age, sex) for k in range(count)]
+    return rows[:n_images]
+
+
+def _render_all(tasks: list, workers: int, progress: bool) -> list[dict]:
+    """Draw and write every image (in worker processes), returning each image's boxes."""
+    n = len(tasks)
+    if workers > 1 and n > 1:
+        pool = multiprocessing.get_context().Pool(min(workers, n))
+        results = pool.imap(_write_image, tasks, chunksize=max(1, min(32, n // (workers * 8))))
     else:
         pool, results = None, map(_write_image, tasks)
     if progress:
         from tqdm import tqdm
-        results = tqdm(results, total=n_images, desc="phantom", unit="img")
+        results = tqdm(results, total=n, desc="phantom", unit="img")
     try:
-        boxes = list(results)
+        return list(results)
     finally:
         if pool is not None:
             pool.terminate()
 
+
+def _write_metadata(out: Path, rows, labels, views, boxes, test_patients: set, size: int):
+    """Data_Entry_2017.csv, BBox_List_2017.csv (boxes for the test images) and the two split lists."""
     entry, bbox, test, train_val = [DATA_ENTRY_HEADER], [BBOX_HEADER], [], []
     for i, (name, pid, follow, age, sex) in enumerate(rows):
         text = "|".join(labels[i]) or NO_FINDING
@@ -350,13 +350,10 @@ def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, 
                 bbox.append(f"{name},{BBOX_SPELLING.get(f, f)}," + ",".join(repr(x) for x in boxes[i][f]))
         else:
             train_val.append(name)
-    _write_text(out / "Data_Entry_2017.csv", entry)
-    _write_text(out / "BBox_List_2017.csv", bbox)
-    _write_text(out / "train_val_list.txt", train_val)
-    _write_text(out / "test_list.txt", test)
-    return {"out": str(out), "n_images": n_images, "n_patients": n_patients, "n_test": len(test),
-            "n_train_val": len(train_val), "n_boxes": len(bbox) - 1,
-            "positives": {f: sum(f in lab for lab in labels) for f in findings}}
+    for fname, lines in (("Data_Entry_2017.csv", entry), ("BBox_List_2017.csv", bbox),
+                         ("train_val_list.txt", train_val), ("test_list.txt", test)):
+        write_text(out / fname, "".join(line + "\n" for line in lines))
+    return test, train_val, len(bbox) - 1
 
 
 def _remove_stale(out: Path, keep: set[Path]) -> None:

@@ -11,7 +11,6 @@ import base64
 import html
 import io
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -23,11 +22,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from roi_consistency.atomic import write_text
 from roi_consistency.errors import UserError
 
-MAPS = ("learned", "gradcam", "random")
+MAPS = ("learned", "gradcam", "random")  # the default explainers, for metrics that do not list theirs
 MAP_STYLE = {"learned": dict(color="tab:blue", marker="o"), "gradcam": dict(color="tab:orange", marker="s"),
              "random": dict(color="0.45", marker="^", linestyle="--")}
+
+
+def _maps(metrics: dict) -> tuple[str, ...]:
+    return tuple(metrics.get("maps") or MAPS)
 DPI = 100
 
 CSS = """
@@ -107,18 +111,19 @@ def _roc_figure(roc: dict) -> str:
 
 
 def _faithfulness_figure(faith: dict, keep_ratio: float) -> str:
+    maps = tuple(faith) or MAPS
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     what = {"comprehensiveness": "p_full − p_drop  (higher = region matters)",
             "sufficiency": "p_full − p_crop  (lower = region suffices)"}
     for ax, (metric, ylabel) in zip(axes, what.items()):
         ticks = set()
-        for name in MAPS:
+        for name in maps:
             curve = (faith.get(name) or {}).get(metric) or {}
             pts = sorted((float(k), v) for k, v in curve.items() if v is not None)
             if pts:
                 ticks.update(x for x, _ in pts)
-                ax.plot(*zip(*pts), label=name, **MAP_STYLE[name])
+                ax.plot(*zip(*pts), label=name, **MAP_STYLE.get(name, dict(marker="x")))
         ax.set_xscale("log")
         if ticks:
             ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
@@ -140,14 +145,14 @@ def _draw_boxes(ax, boxes) -> None:
                 bbox=dict(facecolor="lime", edgecolor="none", pad=1, alpha=0.85))
 
 
-def _example_figure(ex: dict) -> str:
+def _example_figure(ex: dict, names: tuple[str, ...]) -> str:
     gray = np.asarray(ex["gray"], dtype=np.float32)
     h, w = gray.shape[:2]
     extent = (0, w, h, 0)  # continuous pixel coordinates, so boxes (x, y, w, h) land on their pixels
-    fig = Figure(figsize=(2.6 * (1 + len(MAPS)), 2.8))
-    axes = fig.subplots(1, 1 + len(MAPS))
     maps = ex.get("maps") or {}
-    for ax, name in zip(axes, ("image",) + MAPS):
+    fig = Figure(figsize=(2.6 * (1 + len(names)), 2.8))
+    axes = fig.subplots(1, 1 + len(names))
+    for ax, name in zip(axes, ("image",) + names):
         ax.set_axis_off()
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
         if name == "image":
@@ -191,29 +196,34 @@ def _example_caption(ex: dict) -> str:
 def _headline(metrics: dict) -> str:
     r = metrics.get("keep_ratio")
     mean = metrics.get("mean_auroc") or {}
-    cards = "".join(f'<div class="card"><div class="k">mean AUROC, {k}</div><div class="v">{_fmt(mean.get(k))}</div>'
-                    f"</div>" for k in ("full", "crop", "drop"))
+    learned = {k: (mean.get(k) or {}).get("learned") for k in ("crop", "drop")}
+    cards = "".join(f'<div class="card"><div class="k">mean AUROC, {k}</div><div class="v">{_fmt(v)}</div></div>'
+                    for k, v in (("full", mean.get("full")), ("crop (learned)", learned["crop"]),
+                                 ("drop (learned)", learned["drop"])))
     faith, loc = metrics.get("faithfulness") or {}, metrics.get("localization") or {}
     kept = metrics.get("kept_fraction") or {}
     rows = []
-    for name in MAPS:
+    for name in _maps(metrics):
         f = faith.get(name) or {}
         comp, suff = f.get("comprehensiveness") or {}, f.get("sufficiency") or {}
         ck, sk = _ratio_key(comp, r), _ratio_key(suff, r)
         pg = (loc.get(name) or {}).get("pointing_game")
+        auc = "".join(f"<td>{_fmt((mean.get(k) or {}).get(name))}</td>" for k in ("crop", "drop"))
         rows.append(f"<tr><td>{name}</td><td>{_fmt(comp.get(ck))}</td><td>{_fmt(suff.get(sk))}</td>"
-                    f"<td>{_fmt(pg)}</td><td>{_fmt(kept.get(name))}</td></tr>")
+                    f"<td>{_fmt(pg)}</td>{auc}<td>{_fmt(kept.get(name))}</td></tr>")
     return (f'<div class="cards">{cards}</div>'
             f"<table><tr><th>map</th><th>comprehensiveness@{r:g} ↑</th><th>sufficiency@{r:g} ↓</th>"
-            f"<th>pointing game ↑</th><th>kept fraction</th></tr>{''.join(rows)}</table>")
+            f"<th>pointing game ↑</th><th>AUROC, crop</th><th>AUROC, drop</th><th>kept fraction</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def _class_table(metrics: dict) -> str:
     auroc = metrics.get("auroc") or {}
-    cols = ("full", "crop", "drop")
+    per_map = {"full": auroc.get("full") or {}, "crop": (auroc.get("crop") or {}).get("learned") or {},
+               "drop": (auroc.get("drop") or {}).get("learned") or {}}
     rows, left_out = [], []
     for cls in metrics.get("classes") or []:
-        vals = [(auroc.get(c) or {}).get(cls) for c in cols]
+        vals = [per_map[c].get(cls) for c in ("full", "crop", "drop")]
         if all(v is None for v in vals):
             left_out.append(cls)
             continue
@@ -222,7 +232,8 @@ def _class_table(metrics: dict) -> str:
     if left_out:
         note = (f"<p class='na'>Left out (only one label value in the test set, AUROC undefined): "
                 f"{_esc(', '.join(left_out))}.</p>")
-    return ("<table><tr><th>class</th><th>full</th><th>crop (region only)</th><th>drop (region removed)</th></tr>"
+    return ("<table><tr><th>class</th><th>full</th><th>crop (learned region only)</th>"
+            "<th>drop (learned region removed)</th></tr>"
             + "".join(rows) + "</table>" + note)
 
 
@@ -230,8 +241,9 @@ def _localization(loc: dict | None, box_control: dict | None = None) -> str:
     if not loc:
         return ("<p>No bounding-box file was given to the evaluation, so localisation (pointing game, IoBB) "
                 "was not measured.</p>")
+    maps = tuple(k for k in loc if k != "n_boxes")
     rows = []
-    for name in MAPS:
+    for name in maps:
         m = loc.get(name) or {}
         iobb = m.get("iobb_acc") or {}
         rows.append(f"<tr><td>{name}</td><td>{_fmt(m.get('pointing_game'))}</td>"
@@ -243,13 +255,13 @@ def _localization(loc: dict | None, box_control: dict | None = None) -> str:
     if not found:
         return html
     control = box_control or {}
-    head = "".join(f"<th>pointing: {name}</th>" for name in MAPS)
+    head = "".join(f"<th>pointing: {name}</th>" for name in maps)
     rows = []
     for c in found:
         bc = control.get(c) or {}
         rows.append(f"<tr><td>{_esc(c)}</td><td>{_esc(bc.get('n', ''))}</td>"
                     + "".join(f"<td>{_fmt((loc.get(name) or {}).get('pointing_by_class', {}).get(c))}</td>"
-                              for name in MAPS)
+                              for name in maps)
                     + "".join(f"<td>{_fmt(bc.get(k))}</td>" for k in ("p_full", "p_drop_box", "p_crop_box"))
                     + "</tr>")
     return html + ("<p>Per finding, and the true box itself as the region: the mean probability of the finding "
@@ -298,7 +310,8 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
         "<i>IoBB</i> (share of the region inside the box) check the region against radiologists' boxes. "
         "The random mask of the same area is the floor; Grad-CAM on the same model is the post-hoc reference. "
         "AUROC on crop / drop images shows the same question at the dataset level.</p>")
-    examples_html = "".join(_img(_example_figure(ex), f"example {ex.get('image', '')}", _example_caption(ex))
+    examples_html = "".join(_img(_example_figure(ex, _maps(metrics)), f"example {ex.get('image', '')}",
+                                 _example_caption(ex))
                             for ex in examples) or "<p>No examples.</p>"
     body = [
         f"<h1>{_esc(title)}</h1><p class='meta'>{meta}</p><div class='howto'>{howto}</div>",
@@ -316,16 +329,35 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
     ]
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic: a reader (or a crashed run) never sees a half-written report.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same directory, so os.replace is a rename
-    try:
-        tmp.write_text(doc, encoding="utf-8")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_text(out, doc)
+
+
+def format_summary(m: dict) -> str:
+    """The evaluation's headline figures as the few lines `evaluate` prints."""
+    r, f, loc = str(m["keep_ratio"]), m["faithfulness"], m["localization"]
+
+    def fmt(v, spec: str = ".4f") -> str:
+        return "n/a" if v is None else format(v, spec)
+    lines = [f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}"]
+    for k in _maps(m):
+        line = (f"  {k:8s} comprehensiveness@{r} {fmt(f[k]['comprehensiveness'][r], '+.4f')}  "
+                f"sufficiency@{r} {fmt(f[k]['sufficiency'][r], '+.4f')}  kept {fmt(m['kept_fraction'][k])}")
+        lines.append(line + (f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}" if loc else ""))
+    if loc and m.get("box_control"):
+        lines.append("  per finding: pointing learned / gradcam; p_full -> p with the true box removed")
+        for c, bc in m["box_control"].items():
+            pc = {k: loc[k]["pointing_by_class"].get(c) for k in ("learned", "gradcam")}
+            lines.append(f"    {c:20s} {fmt(pc['learned'], '.2f')} / {fmt(pc['gradcam'], '.2f')}   "
+                         f"{bc['p_full']:.2f} -> {bc['p_drop_box']:.2f}  ({bc['n']} boxes)")
+    leak, boxed = m.get("leakage") or {}, m.get("leakage_boxed") or {}
+    if leak:
+        lines.append("  labels predicted from the mask alone (leakage, ~0.5 is good): "
+                     + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in leak.items() if v["mean_auroc"] is not None))
+    if boxed:
+        lines.append(f"  the same on the {boxed['n_images']} boxed images, against the true boxes as the reference: "
+                     + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in boxed.items()
+                                 if isinstance(v, dict) and v["mean_auroc"] is not None))
+    return "\n".join(lines)
 
 
 def find_chromium() -> str | None:

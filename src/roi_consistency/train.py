@@ -1,410 +1,182 @@
-"""Training: `fit(cfg)` runs epochs of `train_one_epoch` and `evaluate`, saves and resumes checkpoints,
-and runs the same code on CPU, one GPU, or many GPUs under torchrun (DDP).
+"""Training: `fit(cfg)` runs the stages of the config one after the other, each its own loop with its
+own optimizer, schedule, `train_one_epoch` and `evaluate` (classifier_stage, mask_stage, reference),
+saves a resumable checkpoint after every epoch, and runs the same code on CPU, one GPU, or many GPUs
+under torchrun (DDP).
 
     roi-consistency train --train-csv nih_roi_train.csv --val-csv nih_roi_val.csv --image-root images
     torchrun --nproc_per_node=8 -m roi_consistency train …
 
-Resuming is exact: the sampler can start part-way through an epoch, augmentation is seeded per
-sample, and checkpoints are only taken at optimizer-step boundaries together with the RNG state
-at that boundary. So an interrupted-then-resumed CPU run ends with the same weights as a straight one.
+Resuming is exact and can start anywhere in either stage: the sampler can start part-way through an
+epoch, augmentation is seeded per sample, and checkpoints are only taken at optimizer-step boundaries
+together with the RNG state at that boundary. So an interrupted-then-resumed CPU run ends with the
+same weights as a straight one. A resume that adds classifier epochs to a finished run trains the mask
+stage again, against the changed classifier (the mask reads its features).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import dataclasses
+import io
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from roi_consistency import classifier_stage, mask_stage, reference
+from roi_consistency.atomic import write_text
 from roi_consistency.cache import ImageCache
-from roi_consistency.checkpoint import best_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from roi_consistency.config import TrainConfig, mask_head_of
-from roi_consistency.data import ImageCSVDataset, SeededSampler, augment_batch, normal_mean_image
+from roi_consistency.checkpoint import (
+    FORMAT,
+    best_path,
+    checkpoint_config,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from roi_consistency.config import GROUP_OF, TrainConfig
+from roi_consistency.data import ImageCSVDataset, SeededSampler, normal_mean_image
 from roi_consistency.errors import UserError
-from roi_consistency.losses import TERMS, classifier_stage_loss, mask_stage_loss, roi_loss
-from roi_consistency.metrics import mean_auroc, per_class_auroc
-from roi_consistency.model import ROIModel, build_model
+from roi_consistency.loop import LoopSettings, Position, make_loader, make_scheduler
+from roi_consistency.losses import TERMS
+from roi_consistency.model import MASK_NETS, ROIModel, build_model, mask_net_name
+from roi_consistency.runtime import Runtime, StopFlag, setup_runtime
+
+STAGES = {"classifier": classifier_stage, "mask": mask_stage, "joint": reference}
+# Which validation figure makes a stage's epoch the best one: the mask stage's own objective (its AUROC is
+# the frozen classifier's), else mean AUROC.
+BEST = {"classifier": ("val_mean_auroc", max), "joint": ("val_mean_auroc", max), "mask": ("val_loss", min)}
+SAMPLER_EPOCH = {"classifier": 0, "joint": 0, "mask": 10_000}  # each stage its own data orders
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_config(cli: TrainConfig, ckpt: dict, given: set[str], path: str) -> TrainConfig:
+    """The resumed run's config: model, method and optimisation from the checkpoint; the run and data groups
+    from the command line where it gives them, else the checkpoint's (the data may have moved; the epoch
+    counts may grow). Given flags that this ignores are named in one warning."""
+    if ckpt["format"] != FORMAT:
+        raise UserError(f"--resume {path}: written by an earlier version ({ckpt['format']}); it still loads for "
+                        "infer, evaluate and --weights, but cannot be resumed. Start a new run, e.g. with "
+                        f"--weights {path} to begin from its classifier")
+    saved = checkpoint_config(ckpt, path)
+    keep = {k: getattr(getattr(cli, GROUP_OF[k]), k) for k in given if GROUP_OF[k] in ("data", "run")}
+    ignored = [f"{flag(k)} {getattr(getattr(cli, g), k)} (checkpoint: {getattr(getattr(saved, g), k)})"
+               for k in sorted(given) for g in [GROUP_OF[k]]
+               if g not in ("data", "run") and getattr(getattr(cli, g), k) != getattr(getattr(saved, g), k)]
+    if "preset" in given and cli.run.preset != saved.run.preset:
+        ignored.append(f"--preset {cli.run.preset}'s other settings (checkpoint: {saved.run.preset})")
+    if ignored and int(os.environ.get("RANK", "0")) == 0:
+        print("warning: --resume continues the checkpoint's model, method and optimisation settings; ignored: "
+              + ", ".join(ignored), file=sys.stderr)
+    # --max-steps and --resume say where this invocation stops and starts: never inherited
+    return saved.replace(**{**keep, "max_steps": cli.run.max_steps, "resume": cli.run.resume})
+
+
+def given_by_defaults(cfg: TrainConfig) -> set[str]:
+    """For callers without a command line: the settings that differ from the defaults count as given."""
+    default = TrainConfig()
+    return {k for k, g in GROUP_OF.items() if getattr(getattr(cfg, g), k) != getattr(getattr(default, g), k)}
+
+
+def check_config(cfg: TrainConfig, given: set[str]) -> None:
+    """Refuse settings that would crash mid-run or silently do nothing, naming the flag."""
+    m, o, r = cfg.method, cfg.optim, cfg.run
+    if not 0 < m.keep_ratio < 1:
+        raise UserError(f"--keep-ratio must be between 0 and 1, got {m.keep_ratio}")
+    for name, value in (("accum_steps", o.accum_steps), ("batch_size", o.batch_size), ("log_every", r.log_every),
+                        ("img_size", cfg.model.img_size)):
+        if value < 1:
+            raise UserError(f"{flag(name)} must be at least 1, got {value}")
+    if o.img_size_start and o.img_size_start < 32:
+        raise UserError(f"--img-size-start must be at least 32, got {o.img_size_start}; 0 turns progressive "
+                        "resizing off")
+    off = {"no_consist": "alpha", "no_drop": "beta", "no_sparse": "gamma", "no_tv": "delta"}.get(m.mode)
+    if off and getattr(m, off) == 0:
+        raise UserError(f"--mode {m.mode} changes nothing: the {off} weight is already 0 here (the ablations are "
+                        "the reference's, --preset seed)")
+    if not 0 < m.min_keep_ratio <= m.keep_ratio:
+        raise UserError(f"the mask stage's smallest keep ratio must be in (0, --keep-ratio={m.keep_ratio}], "
+                        f"got {m.min_keep_ratio}")
+    if m.joint:
+        _check_joint(cfg, given)
+    else:
+        _check_two_stage(cfg)
+
+
+def _check_joint(cfg: TrainConfig, given: set[str]) -> None:
+    if "mask_epochs" in given:
+        raise UserError("--mask-epochs: joint training (--preset seed, or --mode standard/random_mask) has no mask "
+                        "stage; every term trains from the first step for --epochs")
+    if cfg.run.epochs < 1:
+        raise UserError(f"--epochs must be at least 1 for joint training, got {cfg.run.epochs}")
+
+
+def _check_two_stage(cfg: TrainConfig) -> None:
+    e, me = cfg.run.epochs, cfg.run.mask_epochs
+    if e < 0 or me < 0 or e + me == 0:
+        raise UserError(f"--epochs ({e}) and --mask-epochs ({me}) must be 0 or more, and not both 0")
+    if e == 0 and not cfg.model.weights:
+        raise UserError("--epochs 0 trains only the mask, against a classifier that must come from --weights "
+                        "(a checkpoint of this tool)")
+    if me and not any(cfg.method.loss_weights().values()):
+        raise UserError("every mask term has weight 0 (--mode), so the mask stage would have nothing to learn")
 
 
 @dataclass
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def ddp(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+class TrainData:
+    train: ImageCSVDataset
+    val: ImageCSVDataset | None
+    sampler: SeededSampler
+    train_loader: object
+    val_loader: object
+    n_batches: int  # micro-batches per epoch on each rank
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Read torchrun's environment; start the process group when there is more than one rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
-    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Runtime(dev, rank, world, local_rank)
+def augment_on_device(device: torch.device) -> bool:
+    """Resize and augment whole batches of raw cached rows on a GPU (a quarter of the bytes to copy, no
+    per-image resampling in the loader); on a CPU the loader workers do it in parallel, which is faster."""
+    return device.type == "cuda"
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to the base lr, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def build_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
+    d, size = cfg.data, cfg.model.img_size
+    cache = ImageCache(d.cache, size) if d.cache else None
+    raw = cache is not None and augment_on_device(rt.device)
+    train = ImageCSVDataset(d.train_csv, d.image_root, size, d.classes, d.augment, cache, raw)
+    val = ImageCSVDataset(d.val_csv, d.image_root, size, d.classes, cache=cache, raw=raw) if d.val_csv else None
+    for ds in (train, val):
+        if ds is not None and not ds.has_labels:
+            raise UserError(f"{ds.csv_path}: training and validation CSVs need a labels column (image,labels)")
+    sampler = SeededSampler(len(train), rt.world, rt.rank, shuffle=True, seed=cfg.optim.seed)
+    bs, workers = cfg.optim.batch_size, cfg.run.workers
+    val_loader = make_loader(val, SeededSampler(len(val), rt.world, rt.rank, shuffle=False), bs * 2, workers,
+                             rt.device) if val else None
+    return TrainData(train, val, sampler, make_loader(train, sampler, bs, workers, rt.device), val_loader,
+                     math.ceil(len(sampler.inner) / bs))
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # Ctrl+C reaches every process in the group; loader workers ignore it so the main process can
-    # finish the step it is on and write a checkpoint.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def make_loader(ds, sampler, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    kw = dict(num_workers=workers, pin_memory=device.type == "cuda",
-              generator=torch.Generator())  # own generator: never consume the global RNG
-    if workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=6, worker_init_fn=_ignore_sigint)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, **kw)
-
-
-class StopFlag:
-    """First Ctrl+C asks the loop to stop at the next step boundary and save; a second one aborts."""
-
-    def __init__(self):
-        self.set = False
-        self._old = None
-
-    def __enter__(self):
-        if sys.platform != "win32" and threading_main():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-        try:  # stderr may be a pipe whose reader (tee) died with the same Ctrl+C
-            print("\nstopping: saving a checkpoint at the next step (Ctrl+C again to abort)", file=sys.stderr)
-        except OSError:
-            pass
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
-def threading_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-class Trainer:
-    """Holds what the loop mutates (model, optimizer, schedule, position) and builds checkpoints."""
-
-    def __init__(self, cfg: TrainConfig, rt: Runtime, resuming: bool = False):
-        self.cfg, self.rt = cfg, rt
-        self.amp = cfg.bf16 if cfg.bf16 is not None else rt.device.type == "cuda"
-        # Channels-last is faster on CUDA and on the CPU too (oneDNN: 1.2x forward for resnet18, 5x for
-        # its max-pool; BENCHMARKS.md), and never slower for the backbones measured.
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
-        self.weights = cfg.loss_weights()
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        # On resume the checkpoint overwrites every weight: no need to fetch pretrained ones.
-        self.model: ROIModel = build_model(cfg.to_dict(), load_pretrained=not resuming).to(rt.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.mask_learns = cfg.mode not in ("standard", "random_mask") and any(
-            self.weights[k] > 0 for k in ("alpha", "beta", "gamma", "delta"))
-        self.model.mask_net.requires_grad_(self.mask_learns)  # DDP must not wait for unused parameters
-        torch.manual_seed(cfg.seed + rt.rank)  # but independent drop-path/random-mask noise per rank
-        groups = [{"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": cfg.lr},
-                  {"params": [p for p in self.model.mask_net.parameters() if p.requires_grad],
-                   "lr": cfg.mask_lr or cfg.lr}]
-        self.group_names = [n for n, g in zip(("backbone", "mask"), groups) if g["params"]]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
-        self.epoch, self.batch_in_epoch, self.step, self.best = 0, 0, 0, None
-        self.history: list[dict] = []
-        self.boundary_rng = rng_state()
-
-    def phase(self, epoch: int) -> str:
-        """joint, or for two_stage: classifier (before mask_start_epoch), then mask."""
-        if self.cfg.objective != "two_stage":
-            return "joint"
-        return "classifier" if epoch < self.cfg.mask_start() else "mask"
-
-    def input_size(self, epoch: int) -> int:
-        """The training input size of an epoch. With --img-size-start the epochs that train the classifier
-        (the classifier stage, or every joint epoch) grow it linearly, in steps of 8 px, to --img-size
-        by their last epoch: early epochs learn the coarse findings at a fraction of the cost."""
-        cfg = self.cfg
-        n = cfg.mask_start() if cfg.objective == "two_stage" else cfg.epochs
-        start = min(cfg.img_size_start or cfg.img_size, cfg.img_size)  # a preset's start above --img-size: no ramp
-        if epoch >= n - 1:
-            return cfg.img_size
-        return int(round((start + (cfg.img_size - start) * epoch / (n - 1)) / 8) * 8)
-
-    def set_phase(self, phase: str) -> None:
-        """Only the part that learns in this phase keeps requires_grad: the classifier stage never runs
-        the mask network, and the mask stage needs gradients for the input pixels only, not for the
-        frozen classifier's weights (about a third of its backward pass)."""
-        self.model.backbone.requires_grad_(phase != "mask")
-        self.model.mask_net.requires_grad_(self.mask_learns and phase != "classifier")
-        self.model.frozen_backbone = phase == "mask"
-
-    def attach_schedule(self, steps_per_epoch: int) -> None:
-        """Warm-up + cosine per parameter group over the steps where that group trains, 0 elsewhere."""
-        cfg, total = self.cfg, max(1, steps_per_epoch * self.cfg.epochs)
-
-        def span(start: int, end: int):
-            n = max(1, end - start)
-            warm = max(1, round(cfg.warmup_frac * n))
-            return lambda s: lr_factor(s - start, n, warm) if start <= s < end else 0.0
-
-        if cfg.objective == "two_stage":
-            split = steps_per_epoch * cfg.mask_start()
-            by_group = {"backbone": span(0, split), "mask": span(split, total)}
-        else:
-            by_group = {"backbone": span(0, total), "mask": span(0, total)}
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [by_group[n] for n in self.group_names])
-
-    def state(self) -> dict:
-        m = self.model
-        return {"backbone": m.backbone.state_dict(), "mask_net": m.mask_net.state_dict(),
-                "classes": list(self.cfg.classes), "config": self.cfg.to_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-                "best_metric": self.best, "rng": self.boundary_rng, "history": self.history,
-                "fill_image": None if m.fill_image is None else m.fill_image.cpu()}
-
-    def load(self, ckpt: dict) -> None:
-        self.model.backbone.load_state_dict(ckpt["backbone"])
-        self.model.mask_net.load_state_dict(ckpt["mask_net"])
-        self.model.set_fill(ckpt.get("fill_image"))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
-        self.best, self.history = ckpt["best_metric"], list(ckpt["history"])
-        self.boundary_rng = ckpt["rng"]
-        set_rng_state(ckpt["rng"])
-
-    def save(self, path) -> None:
-        if self.rt.main:
-            save_checkpoint(self.state(), path)
-
-    def to_device(self, x, size: int | None = None) -> torch.Tensor:
-        """A loader batch as model input, at `size` px (default: --img-size). Raw cached rows, (uint8
-        images, augmentation parameters), are copied as bytes and resized and augmented here, on the device."""
-        size = size or self.cfg.img_size
-        if isinstance(x, (list, tuple)):
-            img, u = x  # the parameters stay on the host, where the affine matrices are built
-            x = augment_batch(img.to(self.rt.device, non_blocking=True), u, size)
-        else:
-            x = x.to(self.rt.device, non_blocking=True)
-            if x.shape[-1] != size:  # a progressive-resizing epoch: the workers' fixed size, resized again
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return x.to(memory_format=torch.channels_last) if self.channels_last else x
-
-    def autocast(self):
-        return torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-
-def should_stop(tr: Trainer, stop: StopFlag) -> bool:
-    """Checked only at accumulation-window boundaries, so a checkpoint never holds half a window.
-    Under DDP the ranks agree (one all-reduce per log interval), or one rank would stop while another
-    waits in the next gradient all-reduce."""
-    if tr.cfg.max_steps and tr.step >= tr.cfg.max_steps:
-        return True
-    if not tr.rt.ddp:
-        return stop.set
-    if tr.step % tr.cfg.log_every:
-        return False
-    flag = torch.tensor([float(stop.set)], device=tr.rt.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def log_uniform(lo: float, hi: float) -> float:
-    return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(()).item())
-
-
-def class_pairs(y: torch.Tensor, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, classes): one pair per true finding of every image, the batch a class-specific mask is
-    trained on. An image without findings has nothing to explain and is left out, unless no image in
-    the batch has one: then every image is paired with class -1 (its most probable class), so each
-    step still trains (and DDP ranks stay in step). With more than `limit` pairs a random `limit` of
-    them are kept, so a batch of images with many findings cannot exhaust memory."""
-    rows, cls = (y > 0.5).nonzero(as_tuple=True)
-    if not len(rows):
-        return torch.arange(len(y)), torch.full((len(y),), -1, dtype=torch.long)
-    if limit is not None and len(rows) > limit:
-        keep = torch.randperm(len(rows))[:limit].sort().values
-        rows, cls = rows[keep], cls[keep]
-    return rows, cls
-
-
-def wrap(tr: Trainer, phase: str):
-    """The model as the loop calls it: DDP and torch.compile wrappers, built for the phase's trainable
-    parameters (DDP registers exactly those, so it is rebuilt when the phase changes)."""
-    tr.set_phase(phase)
-    m = tr.model
-    if tr.rt.ddp:
-        m = DDP(m, device_ids=[tr.rt.local_rank] if tr.rt.device.type == "cuda" else None)
-    return torch.compile(m) if tr.cfg.compile else m  # checkpoints still come from the plain tr.model
-
-
-def train_one_epoch(tr: Trainer, ddp_model, loader, micro_total: int, stop: StopFlag) -> bool:
-    """One epoch (or the rest of one). Returns False when stopped early (Ctrl+C or --max-steps)."""
-    cfg, accum = tr.cfg, tr.cfg.accum_steps
-    phase, size = tr.phase(tr.epoch), tr.input_size(tr.epoch)
-    ddp_model.train()
-    if phase == "mask":
-        tr.model.backbone.eval()  # frozen classifier: no BatchNorm statistics updates, no dropout
-    sums = torch.zeros(len(TERMS) + 1, device=tr.rt.device)  # terms + total, summed between logs
-    epoch_sums = torch.zeros_like(sums)
-    n_sum, n_epoch, seen, t0 = 0, 0, 0, time.perf_counter()
-    bar = tqdm(total=micro_total, initial=tr.batch_in_epoch, unit="batch", disable=not tr.rt.main,
-               desc=f"epoch {tr.epoch + 1}/{cfg.epochs} ({phase}, {size}px)", dynamic_ncols=True, leave=True)
-    b = tr.batch_in_epoch
-    it = iter(loader)
-    while b < micro_total:
-        if b % accum == 0 and should_stop(tr, stop):
-            bar.close()
-            return False
-        try:
-            x, y, _ = next(it)
-        except (RuntimeError, StopIteration):
-            if stop.set:
-                return False
-            raise
-        window_start = b - b % accum
-        window = min(accum, micro_total - window_start)  # a short last window averages fewer batches
-        last = b - window_start + 1 == window
-        sync = contextlib.nullcontext() if (last or not tr.rt.ddp) else ddp_model.no_sync()
-        with sync:
-            with tr.autocast():
-                yd = y.to(tr.rt.device, non_blocking=True)
-                if phase == "classifier":  # EVAL-X: random masks of a random size, label kept
-                    r = (log_uniform(cfg.min_keep_ratio, 0.6) if cfg.min_keep_ratio
-                         else 0.05 + 0.55 * torch.rand(()).item())
-                    n = min(len(y), math.ceil(cfg.evalx_weight * len(y)))
-                    loss, terms = classifier_stage_loss(ddp_model(tr.to_device(x, size), keep_ratio=r, evalx=n),
-                                                        yd, cfg.evalx_weight)
-                elif phase == "mask":
-                    r = log_uniform(cfg.min_keep_ratio, cfg.keep_ratio) if cfg.min_keep_ratio else None
-                    xd, cls = tr.to_device(x), None
-                    if tr.model.class_specific:  # each map explains one finding: train (image, finding) pairs
-                        # at most two pairs per image on average: memory stays bounded on images with many findings
-                        rows, cls = (t.to(tr.rt.device) for t in class_pairs(y, limit=2 * len(y)))
-                        xd, yd = xd[rows], yd[rows]
-                    out = ddp_model(xd, keep_ratio=r, cls=cls)
-                    focus = None if out["explained"] is None else F.one_hot(out["explained"], y.shape[1])
-                    loss, terms = mask_stage_loss(out, yd, tr.weights, focus, cfg.mask_loss)
-                else:
-                    loss, terms = roi_loss(ddp_model(tr.to_device(x, size)), yd, tr.weights)
-            (loss / window).backward()
-        step_terms = torch.stack([terms[k] for k in TERMS] + [loss.detach().float()])
-        sums += step_terms
-        epoch_sums += step_terms
-        n_sum, n_epoch = n_sum + 1, n_epoch + 1
-        seen += len(y) * tr.rt.world
-        b += 1
-        bar.update(1)
-        if not last:
-            continue
-        tr.optimizer.step()
-        tr.optimizer.zero_grad(set_to_none=True)
-        tr.scheduler.step()
-        tr.step += 1
-        tr.batch_in_epoch = b
-        tr.boundary_rng = rng_state()
-        if tr.step % cfg.log_every == 0 or b == micro_total:
-            vals = (sums / max(n_sum, 1)).tolist()  # the only host sync, once per log interval
-            ips = seen / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{vals[-1]:.4f}", bce=f"{vals[0]:.4f}", img_s=f"{ips:.1f}",
-                            lr=f"{max(tr.scheduler.get_last_lr()):.2e}", phase=phase)
-            tr.images_per_s = ips
-            sums.zero_()
-            n_sum = 0
-        if cfg.save_every and tr.step % cfg.save_every == 0:
-            tr.save(cfg.save)
-    bar.close()
-    if n_epoch:  # the epoch's mean loss terms (of what this process trained since it started)
-        tr.last_train = dict(zip(TERMS + ("loss",), (epoch_sums / n_epoch).tolist()))
-    return True
-
-
-@torch.no_grad()
-def evaluate(model: ROIModel, loader, tr: Trainer) -> dict:
-    """Validation loss, per-class and mean AUROC (full image), and the mask's kept fraction."""
-    model.eval()
-    # The classifier stage of two_stage has no trained mask yet: score the full image only.
-    full_only = tr.phase(tr.epoch) == "classifier"
-    probs, labels, idx, loss_sum, kept_sum, n = [], [], [], 0.0, 0.0, 0
-    for x, y, i in tqdm(loader, desc="validate", unit="batch", disable=not tr.rt.main, leave=False):
-        with tr.autocast():
-            xd = tr.to_device(x)
-            out = {"full": model.backbone(model.normalize(xd))} if full_only else model(xd)
-            loss, _ = roi_loss(out, y.to(tr.rt.device), tr.weights)
-        probs.append(torch.sigmoid(out["full"].float()).cpu())
-        labels.append(y)
-        idx.append(i)
-        loss_sum += float(loss) * len(y)
-        kept_sum += float(out["mask"].float().mean()) * len(y) if not full_only else 0.0
-        n += len(y)
-    local = (torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(idx).numpy(), loss_sum, kept_sum, n)
-    parts = [local]
-    if tr.rt.ddp:
-        parts = [None] * tr.rt.world
-        dist.all_gather_object(parts, local)
-    p = np.concatenate([q[0] for q in parts])
-    y = np.concatenate([q[1] for q in parts])
-    order = np.concatenate([q[2] for q in parts])
-    _, first = np.unique(order, return_index=True)  # the distributed sampler pads with repeats
-    per_class = per_class_auroc(y[first], p[first], tr.cfg.classes)
-    total_n = sum(q[5] for q in parts)
-    return {"val_loss": sum(q[3] for q in parts) / total_n, "val_mean_auroc": mean_auroc(per_class),
-            "kept_fraction": None if full_only else sum(q[4] for q in parts) / total_n, "auroc": per_class,
-            "n_val": int(len(first))}
-
-
-def append_log(path: str, row: dict, classes: list[str]) -> None:
-    cols = (["epoch", "step", "lr", "seconds", "images_per_s"] + [f"train_{k}" for k in TERMS + ("loss",)]
-            + ["val_loss", "val_mean_auroc", "kept_fraction"] + [f"auroc_{c}" for c in classes])
-    new = not os.path.exists(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+def init_model(cfg: TrainConfig, rt: Runtime, data: TrainData, ckpt: dict | None) -> ROIModel:
+    """The model with its weights (a checkpoint's, or fresh) and its fill, on the device, channels-last."""
+    torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, cfg.method, len(cfg.data.classes), load_pretrained=ckpt is None)
+    if ckpt is not None:
+        model.backbone.load_state_dict(ckpt["backbone"])
+        model.mask_net.load_state_dict(ckpt["mask_net"])
+        model.set_fill(ckpt.get("fill_image"))
+    elif cfg.method.fill == "normal":
+        model.set_fill(fill_from_weights(cfg.model.weights))  # a classifier of ours keeps the fill it learnt with
+        if model.fill_image is None:  # every rank computes the same image
+            plain = ImageCSVDataset(cfg.data.train_csv, cfg.data.image_root, cfg.model.img_size, cfg.data.classes,
+                                    cache=data.train.cache)
+            model.set_fill(normal_mean_image(plain, workers=min(cfg.run.workers, 8)))
+    torch.manual_seed(cfg.optim.seed + rt.rank)  # but independent drop-path and random-mask noise per rank
+    return model.to(rt.device, memory_format=torch.channels_last)
 
 
 def fill_from_weights(path: str | None) -> torch.Tensor | None:
@@ -415,131 +187,230 @@ def fill_from_weights(path: str | None) -> torch.Tensor | None:
     return ck.get("fill_image") if isinstance(ck, dict) else None
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Refuse settings that would crash mid-run, naming the flag."""
-    if not 0 < cfg.keep_ratio < 1:
-        raise UserError(f"--keep-ratio must be between 0 and 1, got {cfg.keep_ratio}")
-    for flag, value in (("--accum-steps", cfg.accum_steps), ("--batch-size", cfg.batch_size),
-                        ("--log-every", cfg.log_every), ("--epochs", cfg.epochs), ("--img-size", cfg.img_size)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if cfg.img_size_start and cfg.img_size_start < 32:
-        raise UserError(f"--img-size-start must be at least 32, got {cfg.img_size_start}; 0 turns progressive "
-                        "resizing off")
-    if cfg.objective == "two_stage" and not any(v > 0 for v in cfg.loss_weights().values()):
-        raise UserError("--objective two_stage: every mask term has weight 0 (--alpha/--beta/--gamma/--delta, "
-                        "--mode), so the mask stage would have nothing to learn")
-    if (cfg.objective == "two_stage" and cfg.min_keep_ratio is not None
-            and not 0 < cfg.min_keep_ratio <= cfg.keep_ratio):
-        raise UserError(f"--min-keep-ratio must be in (0, --keep-ratio={cfg.keep_ratio}], got {cfg.min_keep_ratio}")
-    if cfg.objective == "two_stage" and not 0 <= cfg.mask_start() < cfg.epochs:
-        raise UserError(f"--objective two_stage needs a mask stage: --mask-start-epoch ({cfg.mask_start()}) "
-                        f"must be below --epochs ({cfg.epochs})")
-    if cfg.objective == "two_stage" and cfg.mask_start() == 0 and not cfg.weights:
-        raise UserError("--mask-start-epoch 0 trains only the mask, against a classifier that must come from "
-                        "--weights (e.g. an earlier checkpoint of this tool)")
+@dataclass
+class RunState:
+    """What a checkpoint records beside the weights: each stage's position and optimizer, the epoch log."""
+    stage: str | None = None
+    progress: dict[str, Position] = field(default_factory=dict)
+    optim: dict[str, dict] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None
+
+    @property
+    def step(self) -> int:
+        return sum(p.step for p in self.progress.values())
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict) -> "RunState":
+        progress = {s: Position(**p, rng=ck["rng"]) for s, p in ck["progress"].items()}
+        return cls(ck["stage"], progress, dict(ck["optim"]), list(ck["history"]), ck["best"])
+
+    def restart(self, stage: str) -> None:
+        """Forget a stage's progress (its model changed under it)."""
+        self.progress.pop(stage, None)
+        self.optim.pop(stage, None)
+        if self.best and self.best["stage"] == stage:
+            self.best = None
 
 
-def fit(cfg: TrainConfig) -> dict:
-    """Train according to cfg; returns the last epoch's metrics and the checkpoint paths."""
-    rt = setup_runtime(cfg.device)
-    resume_ckpt = None
-    if cfg.resume:
-        resume_ckpt = load_checkpoint(cfg.resume)
-        # The resumed run continues the saved config. Run settings come from this invocation, and
-        # where the data lives may move (given explicitly, i.e. not left at its default).
-        keep = {k: getattr(cfg, k) for k in ("epochs", "max_steps", "resume", "save", "save_every", "workers",
-                                              "device", "log_csv", "tensorboard")}
-        defaults = TrainConfig()
-        keep.update({k: getattr(cfg, k) for k in ("train_csv", "val_csv", "image_root", "cache")
-                     if getattr(cfg, k) != getattr(defaults, k)})
-        cfg = TrainConfig.from_dict({**resume_ckpt["config"], **keep})
-    if cfg.objective == "two_stage" and cfg.mask_start_epoch is None:
-        # fixed now (and saved), so a resume with other --epochs keeps the stage boundary
-        cfg = dataclasses.replace(cfg, mask_start_epoch=cfg.mask_start())
-    # saved resolved, so the checkpoint's head never depends on what "auto" means in a later version
-    cfg = dataclasses.replace(cfg, mask_head=mask_head_of(cfg.to_dict()))
-    check_config(cfg)
-    cache = ImageCache(cfg.cache, cfg.img_size) if cfg.cache else None
-    raw = cache is not None and (cfg.device_transforms if cfg.device_transforms is not None
-                                 else rt.device.type == "cuda")
-    train_ds = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cfg.augment, cache, raw)
-    val_ds = ImageCSVDataset(cfg.val_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache, raw=raw) \
-        if cfg.val_csv else None
-    for ds in (train_ds, val_ds):
-        if ds is not None and not ds.has_labels:
-            raise UserError("training and validation CSVs need a labels column (image,labels)")
-    if rt.main:
-        print(f"train: {len(train_ds)} images ({cfg.train_csv}); val: {len(val_ds) if val_ds else 0} images; "
-              f"{cfg.backbone} at {cfg.img_size}px, mode {cfg.mode}, device {rt.device}, {rt.world} process(es)")
-    tr = Trainer(cfg, rt, resuming=resume_ckpt is not None)
-    if cfg.fill == "normal" and resume_ckpt is None:
-        tr.model.set_fill(fill_from_weights(cfg.weights))  # a classifier of ours keeps the fill it learnt with
-        if tr.model.fill_image is None:  # every rank computes the same image
-            plain = ImageCSVDataset(cfg.train_csv, cfg.image_root, cfg.img_size, cfg.classes, cache=cache)
-            tr.model.set_fill(normal_mean_image(plain, workers=min(cfg.workers, 8)))
-    sampler = SeededSampler(len(train_ds), rt.world, rt.rank, shuffle=True, seed=cfg.seed)
-    micro_total = math.ceil(len(sampler.inner) / cfg.batch_size)
-    tr.attach_schedule(math.ceil(micro_total / cfg.accum_steps))
-    if resume_ckpt is not None:
-        tr.load(resume_ckpt)
-        if rt.main:
-            print(f"resumed from {cfg.resume}: epoch {tr.epoch + 1}, batch {tr.batch_in_epoch}, step {tr.step}")
-    ddp_model, wrapped_for = None, None
-    val_loader = make_loader(val_ds, SeededSampler(len(val_ds), rt.world, rt.rank, shuffle=False),
-                             cfg.batch_size * 2, cfg.workers, rt.device) if val_ds else None
-    log_csv = cfg.log_csv or os.path.splitext(cfg.save)[0] + ".log.csv"
-    tb = None
-    if cfg.tensorboard and rt.main:
-        from torch.utils.tensorboard import SummaryWriter
-        tb = SummaryWriter(cfg.tensorboard)
-    train_loader = make_loader(train_ds, sampler, cfg.batch_size, cfg.workers, rt.device)
-    metrics: dict = {}
-    tr.last_train, tr.images_per_s = {}, 0.0
-    with StopFlag() as stop:
-        while tr.epoch < cfg.epochs:
-            t_epoch = time.perf_counter()
-            sampler.set_epoch(tr.epoch, start=tr.batch_in_epoch * cfg.batch_size)
-            if tr.phase(tr.epoch) != wrapped_for:
-                wrapped_for = tr.phase(tr.epoch)
-                ddp_model = wrap(tr, wrapped_for)
-            finished = train_one_epoch(tr, ddp_model, train_loader, micro_total, stop)
-            if not finished:
-                tr.save(cfg.save)
-                if rt.main:
-                    print(f"stopped at epoch {tr.epoch + 1}, step {tr.step}; checkpoint {cfg.save} "
-                          "(continue with --resume)")
-                break
-            metrics = evaluate(tr.model, val_loader, tr) if val_loader else {}
-            tr.epoch, tr.batch_in_epoch = tr.epoch + 1, 0
-            row = {"epoch": tr.epoch, "step": tr.step, "lr": max(tr.scheduler.get_last_lr()),
-                   "seconds": round(time.perf_counter() - t_epoch, 2), "images_per_s": round(tr.images_per_s, 2),
-                   **{f"train_{k}": v for k, v in tr.last_train.items()},
-                   **{k: v for k, v in metrics.items() if k != "auroc"},
-                   **{f"auroc_{c}": v for c, v in metrics.get("auroc", {}).items()}}
-            tr.history.append({k: v for k, v in row.items() if v is not None})
-            # A classifier-stage epoch has an untrained mask: never the "best" model to use.
-            improved = metrics.get("val_mean_auroc") is not None and tr.phase(tr.epoch - 1) != "classifier" and (
-                tr.best is None or metrics["val_mean_auroc"] >= tr.best)
-            if improved:
-                tr.best = metrics["val_mean_auroc"]
-            tr.boundary_rng = rng_state()
-            if improved:  # best first: a crash between the two writes never loses the best model
-                tr.save(best_path(cfg.save))
-            tr.save(cfg.save)
+def checkpoint(model: ROIModel, cfg: TrainConfig, state: RunState, pos: Position) -> dict:
+    return {"config": cfg.to_dict(), "classes": list(cfg.data.classes), "backbone": model.backbone.state_dict(),
+            "mask_net": model.mask_net.state_dict(),
+            "fill_image": None if model.fill_image is None else model.fill_image.cpu(), "stage": state.stage,
+            "progress": {s: p.as_dict() for s, p in state.progress.items()}, "optim": state.optim,
+            "step": state.step, "rng": pos.rng, "history": state.history, "best": state.best}
+
+
+def input_size(cfg: TrainConfig, stage: str, epoch: int, epochs: int) -> int:
+    """The training input size of an epoch. With --img-size-start the classifier's epochs (stage 1, or
+    joint training) grow it linearly, in steps of 8 px, to --img-size by their last epoch: early epochs
+    learn the coarse findings at a fraction of the cost. The mask stage always sees --img-size."""
+    size = cfg.model.img_size
+    start = min(cfg.optim.img_size_start or size, size)  # a preset's start above --img-size: no ramp
+    if stage == "mask" or epoch >= epochs - 1:
+        return size
+    return int(round((start + (size - start) * epoch / (epochs - 1)) / 8) * 8)
+
+
+def wrap(forward: torch.nn.Module, rt: Runtime, compile_: bool) -> torch.nn.Module:
+    """A stage's training forward as the loop calls it: DDP registers exactly its trainable parameters."""
+    net = DDP(forward, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.ddp else forward
+    return torch.compile(net) if compile_ else net  # checkpoints still come from the plain model
+
+
+LOG_COLUMNS = (["stage", "epoch", "step", "lr", "seconds", "images_per_s", "train_loss"]
+               + [f"train_{k}" for k in TERMS] + ["val_loss"] + [f"val_{k}" for k in TERMS]
+               + ["val_mean_auroc", "kept_fraction"])
+
+
+def write_log(path: str, history: list[dict], classes: list[str]) -> None:
+    """The per-epoch log as one CSV, rewritten whole (atomically) after each epoch, so it matches the
+    checkpoint it sits beside, resumes included."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS + [f"auroc_{c}" for c in classes], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    write_text(path, buf.getvalue())
+
+
+def epoch_row(stage: str, pos: Position, step: int, lr: float, seconds: float, train: dict, val: dict) -> dict:
+    row = {"stage": stage, "epoch": pos.epoch, "step": step, "lr": lr, "seconds": round(seconds, 2),
+           "images_per_s": round(train["images_per_s"], 2), **{f"train_{k}": v for k, v in train["terms"].items()},
+           **{k: v for k, v in val.items() if k != "auroc"},
+           **{f"auroc_{c}": v for c, v in val.get("auroc", {}).items()}}
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def report_epoch(row: dict, epochs: int) -> str:
+    def f(k: str) -> str:
+        return "n/a" if row.get(k) is None else f"{row[k]:.4f}"
+    kept = f", kept {f('kept_fraction')}" if "kept_fraction" in row else ""
+    return (f"{row['stage']} epoch {row['epoch']}/{epochs}: train loss {f('train_loss')}, val loss {f('val_loss')}, "
+            f"val mean AUROC {f('val_mean_auroc')}{kept}")
+
+
+@dataclass
+class Session:
+    """What every stage of one fit shares."""
+    cfg: TrainConfig
+    rt: Runtime
+    model: ROIModel
+    data: TrainData
+    state: RunState
+    stop: StopFlag
+    final: str  # the stage whose epochs compete for the best checkpoint
+    tb: object = None
+
+    def save(self, pos: Position, path: str | None = None) -> None:
+        if self.rt.main:
+            save_checkpoint(checkpoint(self.model, self.cfg, self.state, pos), path or self.cfg.run.save)
+
+
+def run_stage(s: Session, name: str, epochs: int) -> dict:
+    """Epochs of one stage, from where the run state says it is: its optimizer and schedule, then per epoch
+    its train_one_epoch and evaluate, the log, and the best and latest checkpoints."""
+    stage, cfg, rt = STAGES[name], s.cfg, s.rt
+    pos = s.state.progress.setdefault(name, Position())
+    s.state.stage = name
+    optimizer = torch.optim.AdamW(stage.param_groups(s.model, cfg), lr=cfg.optim.lr,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, math.ceil(s.data.n_batches / cfg.optim.accum_steps) * epochs,
+                               cfg.optim.warmup_frac)
+    if name in s.state.optim:
+        optimizer.load_state_dict(s.state.optim[name]["optimizer"])
+        scheduler.load_state_dict(s.state.optim[name]["scheduler"])
+    net = wrap(stage.Forward(s.model, cfg), rt, cfg.run.compile)
+
+    def save(path: str | None = None) -> None:
+        s.state.optim[name] = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        s.save(pos, path)
+
+    stop_at = None if cfg.run.max_steps is None else cfg.run.max_steps - (s.state.step - pos.step)
+    loop = LoopSettings(rt, cfg.optim.accum_steps, cfg.run.log_every, s.stop, stop_at, cfg.run.save_every, save)
+    first_step, metrics = pos.step, {}
+    while pos.epoch < epochs:
+        t0, size = time.perf_counter(), input_size(cfg, name, pos.epoch, epochs)
+        s.data.sampler.set_epoch(SAMPLER_EPOCH[name] + pos.epoch, start=pos.batch * cfg.optim.batch_size)
+        train = stage.train_one_epoch(net, optimizer, scheduler, s.data.train_loader, pos, loop, cfg, size,
+                                      s.data.n_batches, f"{name} epoch {pos.epoch + 1}/{epochs} ({size}px)")
+        if train["stopped"]:
+            save()
             if rt.main:
-                append_log(log_csv, row, cfg.classes)
-                if tb:
-                    for k, v in row.items():
-                        if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                            tb.add_scalar(k, v, tr.step)
-                auc, kept = metrics.get("val_mean_auroc"), metrics.get("kept_fraction")
-                print(f"epoch {tr.epoch}: train loss {tr.last_train.get('loss', float('nan')):.4f}, "
-                      f"val loss {metrics.get('val_loss', float('nan')):.4f}, val mean AUROC "
-                      f"{'n/a' if auc is None else f'{auc:.4f}'}, kept {'n/a' if kept is None else f'{kept:.4f}'}")
+                print(f"stopped at {name} epoch {pos.epoch + 1}, step {s.state.step}; checkpoint {cfg.run.save} "
+                      "(continue with --resume)")
+            return {"stopped": True, "steps": pos.step - first_step, "metrics": metrics}
+        metrics = stage.evaluate(s.model, s.data.val_loader, rt, cfg) if s.data.val_loader else {}
+        pos.epoch, pos.batch, pos.rng = pos.epoch + 1, 0, rng_state()
+        end_epoch(s, name, epochs, pos, epoch_row(name, pos, s.state.step, scheduler.get_last_lr()[0],
+                                                  time.perf_counter() - t0, train, metrics), save)
+    return {"stopped": False, "steps": pos.step - first_step, "metrics": metrics}
+
+
+def end_epoch(s: Session, name: str, epochs: int, pos: Position, row: dict, save) -> None:
+    """Log the epoch, then save: the best first, so a crash between the two writes never loses it."""
+    s.state.history.append(row)
+    key, better = BEST[name]
+    value = row.get(key)
+    if name == s.final and value is not None and (s.state.best is None or better(value, s.state.best["value"])
+                                                  == value):
+        s.state.best = {"stage": name, "key": key, "value": value}
+        save(str(best_path(s.cfg.run.save)))
+    save()
+    if s.rt.main:
+        write_log(os.path.splitext(s.cfg.run.save)[0] + ".log.csv", s.state.history, s.cfg.data.classes)
+        if s.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    s.tb.add_scalar(f"{name}/{k}", v, row["step"])
+        print(report_epoch(row, epochs))
+
+
+def start(cfg: TrainConfig, given: set[str] | None) -> tuple[TrainConfig, Runtime, dict | None]:
+    """The runtime, and the config to run: a resumed one from its checkpoint, checked."""
+    given = given_by_defaults(cfg) if given is None else set(given)
+    rt = setup_runtime(cfg.run.device, cfg.run.bf16)
+    ckpt = None
+    if cfg.run.resume:
+        ckpt = load_checkpoint(cfg.run.resume)
+        cfg = resume_config(cfg, ckpt, given, cfg.run.resume)
+    check_config(cfg, given)
+    return cfg, rt, ckpt
+
+
+def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
+    """Train according to cfg: its stages in order, resuming where a --resume checkpoint stopped. `given`
+    names the settings set on the command line (None: those that differ from the defaults).
+    Returns the last stage's validation metrics, the global step, the checkpoint paths and the model."""
+    cfg, rt, ckpt = start(cfg, given)
+    data = build_data(cfg, rt)
+    if rt.main:
+        print(f"train: {len(data.train)} images ({cfg.data.train_csv}); val: {len(data.val) if data.val else 0} "
+              f"images; {cfg.model.backbone} at {cfg.model.img_size}px, stages "
+              f"{', '.join(f'{n} {e} epoch(s)' for n, e in cfg.stages() if e)}, device {rt.device}, "
+              f"{rt.world} process(es)")
+    model = init_model(cfg, rt, data, ckpt)
+    state = RunState.from_checkpoint(ckpt) if ckpt else RunState()
+    if ckpt:
+        set_rng_state(ckpt["rng"])
+        if rt.main:
+            print(f"resumed from {cfg.run.resume}: {state.stage} stage, step {state.step}")
+    planned = [(n, e) for n, e in cfg.stages() if e > 0]
+    tb = None
+    if cfg.run.tensorboard and rt.main:
+        from torch.utils.tensorboard import SummaryWriter
+        tb = SummaryWriter(cfg.run.tensorboard)
+    s = Session(cfg, rt, model, data, state, None, planned[-1][0], tb)
+    results = run_stages(s, planned)
     if tb:
         tb.close()
     if rt.main:
-        print(f"checkpoint: {cfg.save}")
-    return {"metrics": metrics, "checkpoint": cfg.save, "best": str(best_path(cfg.save)),
-            "epoch": tr.epoch, "step": tr.step, "model": tr.model}
+        print(f"checkpoint: {cfg.run.save}")
+    last = results[-1] if results else {"metrics": {}}
+    return {"metrics": last["metrics"], "stages": {n: p.as_dict() for n, p in state.progress.items()},
+            "step": state.step, "checkpoint": cfg.run.save, "best": str(best_path(cfg.run.save)), "model": model}
+
+
+def run_stages(s: Session, planned: list[tuple[str, int]]) -> list[dict]:
+    """Each planned stage in turn; a classifier that trains again invalidates the mask stage after it."""
+    results = []
+    with StopFlag() as stop:
+        s.stop = stop
+        for name, epochs in planned:
+            if name in s.state.progress and s.state.progress[name].epoch >= epochs:
+                continue  # finished before this resume
+            res = run_stage(s, name, epochs)
+            results.append(res)
+            if res["stopped"]:
+                break
+            if name == "classifier" and res["steps"] and "mask" in s.state.progress:
+                s.state.restart("mask")  # the mask read the old classifier's features: train it again
+                reset_mask_net(s)
+    return results
+
+
+def reset_mask_net(s: Session) -> None:
+    torch.manual_seed(s.cfg.optim.seed)
+    net = MASK_NETS[mask_net_name(s.cfg.method)](s.model.backbone, len(s.cfg.data.classes))
+    s.model.mask_net = net.to(s.rt.device, memory_format=torch.channels_last)
+    torch.manual_seed(s.cfg.optim.seed + s.rt.rank)
+

@@ -1,0 +1,178 @@
+"""What every training stage's loop shares: the micro-batch loop with gradient accumulation, the
+warm-up + cosine schedule, the loaders, and the validation gather across DDP ranks.
+
+A stage (classifier_stage, mask_stage, reference) supplies the loss of one micro-batch; `run_epoch`
+does the rest: `no_sync()` on all but the last micro-batch of a window, one optimizer and schedule step
+per window, a progress bar whose figures cost one host sync per `log_every` steps, periodic saves, and
+a stop (Ctrl+C or --max-steps) only at a window boundary, so a checkpoint never holds half a window.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from roi_consistency.checkpoint import rng_state
+from roi_consistency.losses import TERMS
+from roi_consistency.metrics import mean_auroc, per_class_auroc
+from roi_consistency.runtime import Runtime, StopFlag, ignore_sigint
+
+
+@dataclass
+class Position:
+    """Where a stage is: epochs finished, micro-batches done in the current epoch, optimizer steps, and
+    the RNG state at the last step boundary (what a checkpoint taken now must restore)."""
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    rng: dict = field(default_factory=rng_state)
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step}
+
+
+@dataclass
+class LoopSettings:
+    rt: Runtime
+    accum_steps: int
+    log_every: int
+    stop: StopFlag
+    stop_at: int | None  # the stage's step at which --max-steps is reached (None: never)
+    save_every: int
+    save: Callable[[], None]  # writes a resumable checkpoint of the current position
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to the base lr, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_frac: float):
+    total = max(1, total)
+    warm = max(1, round(warmup_frac * total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm))
+
+
+def make_loader(ds, sampler, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    kw = dict(num_workers=workers, pin_memory=device.type == "cuda",
+              generator=torch.Generator())  # own generator: never consume the global RNG
+    if workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=6, worker_init_fn=ignore_sigint)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, **kw)
+
+
+def should_stop(pos: Position, loop: LoopSettings) -> bool:
+    """Under DDP the ranks agree (one all-reduce per log interval), or one rank would stop while another
+    waits in the next gradient all-reduce."""
+    if loop.stop_at is not None and pos.step >= loop.stop_at:
+        return True
+    if not loop.rt.ddp:
+        return loop.stop.set
+    if pos.step % loop.log_every:
+        return False
+    flag = torch.tensor([float(loop.stop.set)], device=loop.rt.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def run_epoch(net, step_loss: Callable, optimizer, scheduler, loader, pos: Position, loop: LoopSettings,
+              n_batches: int, desc: str) -> dict:
+    """One epoch, or the rest of one from pos.batch. step_loss(x, y) -> (loss, terms) runs one micro-batch
+    through `net` (the DDP-wrapped forward). Advances pos; returns the epoch's mean terms, its images/s,
+    and whether it stopped early."""
+    rt, accum = loop.rt, loop.accum_steps
+    sums = torch.zeros(len(TERMS) + 1, device=rt.device)  # terms + total, between two logs
+    epoch_sums = torch.zeros_like(sums)
+    n_log, n_epoch, seen, t0, ips = 0, 0, 0, time.perf_counter(), 0.0
+    bar = tqdm(total=n_batches, initial=pos.batch, unit="batch", desc=desc, disable=not rt.main,
+               dynamic_ncols=True, leave=True)
+    it, stopped, b, present = iter(loader), False, pos.batch, {"loss"}  # pos.batch moves only at window boundaries
+    while b < n_batches:
+        if b % accum == 0 and should_stop(pos, loop):
+            stopped = True
+            break
+        try:
+            x, y, _ = next(it)
+        except (RuntimeError, StopIteration):
+            if loop.stop.set:  # the loader's workers died with the same Ctrl+C
+                stopped = True
+                break
+            raise
+        start = b - b % accum
+        window = min(accum, n_batches - start)  # a short last window averages fewer batches
+        last = b - start + 1 == window
+        with contextlib.nullcontext() if (last or not rt.ddp) else net.no_sync():
+            with rt.autocast():
+                loss, terms = step_loss(x, y)
+            (loss / window).backward()
+        present |= terms.keys()
+        row = torch.stack([terms.get(k, loss.new_zeros(())).float() for k in TERMS] + [loss.detach().float()])
+        sums, epoch_sums = sums + row, epoch_sums + row
+        n_log, n_epoch, seen = n_log + 1, n_epoch + 1, seen + len(y) * rt.world
+        b += 1
+        bar.update(1)
+        if not last:
+            continue
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        pos.batch, pos.step, pos.rng = b, pos.step + 1, rng_state()
+        if pos.step % loop.log_every == 0 or b == n_batches:
+            vals = (sums / max(n_log, 1)).tolist()  # the only host sync, once per log interval
+            ips = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{vals[-1]:.4f}", img_s=f"{ips:.1f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            sums.zero_()
+            n_log = 0
+        if loop.save_every and pos.step % loop.save_every == 0:
+            loop.save()
+    bar.close()
+    mean = (epoch_sums / max(n_epoch, 1)).tolist()
+    terms = {k: v for k, v in zip(TERMS + ("loss",), mean) if k in present} if n_epoch else {}
+    return {"terms": terms, "images_per_s": ips, "stopped": stopped}
+
+
+class Validation:
+    """What a stage's evaluate collects: each image's probabilities and labels, and the terms of the stage's
+    own objective, weighted by how many images (or pairs) they were measured on."""
+
+    def __init__(self):
+        self.probs, self.labels, self.idx, self.sums, self.n = [], [], [], {}, 0
+
+    def images(self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
+        self.probs.append(torch.sigmoid(logits.float()).cpu())
+        self.labels.append(y)
+        self.idx.append(idx)
+
+    def terms(self, weight: int, terms: dict) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+        self.n += weight
+
+    def metrics(self, rt: Runtime, classes: list[str]) -> dict:
+        """The row every stage's evaluate returns: its own objective (val_loss, val_<term>) next to AUROC,
+        over every rank (the distributed sampler pads with repeats: each image counts once)."""
+        local = (torch.cat(self.probs).numpy(), torch.cat(self.labels).numpy(), torch.cat(self.idx).numpy(),
+                 self.sums, self.n)
+        parts = [local]
+        if rt.ddp:
+            parts = [None] * rt.world
+            dist.all_gather_object(parts, local)
+        p, y, order = (np.concatenate([q[k] for q in parts]) for k in range(3))
+        _, first = np.unique(order, return_index=True)
+        n = max(sum(q[4] for q in parts), 1)
+        out = {f"val_{k}": sum(q[3][k] for q in parts) / n for k in self.sums}
+        if "val_kept" in out:
+            out["kept_fraction"] = out.pop("val_kept")
+        per_class = per_class_auroc(y[first], p[first], classes)
+        return {**out, "val_mean_auroc": mean_auroc(per_class), "auroc": per_class, "n_val": int(len(first))}

@@ -1,0 +1,93 @@
+"""Where code runs: the device, torchrun's ranks (DDP), mixed precision, and a Ctrl+C that stops cleanly.
+
+Training, `infer` and `evaluate` all pick their device here, so `--device` means the same everywhere.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from roi_consistency.errors import UserError
+
+
+def pick_device(flag: str = "auto", local_rank: int = 0) -> torch.device:
+    """--device auto|cpu|cuda: auto takes CUDA when it is there."""
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu")
+    if flag in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device("cpu")
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    bf16: bool = False
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        """bf16 autocast where it is on; one code path either way."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def setup_runtime(device: str = "auto", bf16: bool | None = None) -> Runtime:
+    """Read torchrun's environment; start the process group when there is more than one rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any fp32 matmul left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Runtime(dev, rank, world, local_rank, bf16=dev.type == "cuda" if bf16 is None else bf16)
+
+
+def ignore_sigint(_worker_id: int = 0) -> None:
+    """For loader workers: Ctrl+C reaches every process in the group, and only the main process should
+    act on it (finish the step it is on and write a checkpoint)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class StopFlag:
+    """First Ctrl+C asks the loop to stop at the next step boundary and save; a second one aborts."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        try:  # stderr may be a pipe whose reader (tee) died with the same Ctrl+C
+            print("\nstopping: saving a checkpoint at the next step (Ctrl+C again to abort)", file=sys.stderr)
+        except OSError:
+            pass
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
