@@ -188,3 +188,18 @@ def test_with_a_cache_box_sizes_come_from_its_index(trained64, phantom64, tmp_pa
     boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
     assert m["localization"]["n_boxes"] == sum(len(v) for v in boxes.values())
     assert opened == []  # no PNG was opened: the cache's index knows every size (and the images are elsewhere)
+
+
+def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phantom64, tmp_path, capsys):
+    from roi_consistency import cli
+    cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
+              str(phantom64["images"]), "--bbox", str(phantom64["data"] / "BBox_List_2017.csv"), "--out-dir",
+              str(tmp_path), "--keep-ratios", "0.1", "--examples", "1", "--workers", "0"])
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert f"evaluate: {saved['n_images']} images" in out and "gradcam" in out and "pointing" in out
+    assert f"{tmp_path}/report.html" in out and (tmp_path / "report.html").is_file()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
+                  str(phantom64["images"]), "--keep-ratios", "0.1,2"])
+    assert stop.value.code == 2 and "--keep-ratios 0.1,2" in capsys.readouterr().err

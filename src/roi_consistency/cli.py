@@ -150,8 +150,9 @@ def _evaluate(a: argparse.Namespace) -> None:
         raise UserError(f"--keep-ratios {a.keep_ratios}: expected numbers separated by commas") from None
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise UserError(f"--keep-ratios {a.keep_ratios}: each ratio must be between 0 and 1")
-    m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, ratios, a.batch_size, a.device,
-                            a.examples, a.seed, a.workers, cache=a.cache)
+    m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, keep_ratios=ratios,
+                            batch_size=a.batch_size, device=a.device, n_examples=a.examples, seed=a.seed,
+                            workers=a.workers, cache=a.cache)
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
