@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from roi_consistency import nih, reference
+from roi_consistency.atomic import write_json
 from roi_consistency.cache import ImageCache, build_cache
 from roi_consistency.config import config
 from roi_consistency.data import ImageCSVDataset, augment_batch
@@ -210,7 +210,7 @@ def main() -> None:
     print(f"peak RSS {out['peak_rss_mb']:.0f} MB" + (f", CUDA max allocated {out['cuda_max_allocated_mb']:.0f} MB"
                                                      if "cuda_max_allocated_mb" in out else ""))
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        write_json(a.json, out)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ turns over three rounds and the median counts. Prints a table; --json also write
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 import torchvision
+
+from roi_consistency.atomic import write_json
 
 
 def rate(fn, n_images: int, repeats: int = 3) -> float:
@@ -71,8 +72,7 @@ def main() -> None:
             c, cl = r["contiguous"][what], r["channels_last"][what]
             print(f"{name:<16}{what:<12}{c:>12.1f}{cl:>15.1f}{cl / c:>7.2f}x")
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        write_json(a.json, out, indent=2)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,10 @@ def test_one_epoch_with_the_reference_spellings_then_resume_adds_exactly_one(pha
     default_mask_epochs = config().run.mask_epochs
     assert ck["progress"]["classifier"] == {"epoch": 1, "batch": 0, "step": per_epoch}
     assert ck["progress"]["mask"]["epoch"] == default_mask_epochs  # --epochs 1, then the default mask stage
+    # --max-steps counts the steps of the model as it stands: the old mask's no longer count
+    cli.main(small_args(phantom64, save, "--resume", "--epochs", "2", "--max-steps", str(per_epoch + 1)))
+    ck = torch.load(save, weights_only=True)  # stopped inside the added epoch: the old mask no longer counts
+    assert ck["stage"] == "classifier" and "mask" not in ck["progress"] and ck["best"] is None
     cli.main(small_args(phantom64, save, "--resume", "--epochs", "2"))
     ck = torch.load(save, weights_only=True)
     assert ck["progress"]["classifier"] == {"epoch": 2, "batch": 0, "step": 2 * per_epoch}
@@ -128,9 +132,11 @@ def test_every_preset_trains_with_any_epoch_count(phantom64, tmp_path, preset):
     ck = torch.load(tmp_path / "p.pt", weights_only=True)
     want = {"joint": 1} if preset == "seed" else {"classifier": 1, "mask": PRESETS[preset]["mask_epochs"]}
     assert {s: p["epoch"] for s, p in ck["progress"].items()} == want
+    first = ck["progress"]["joint" if preset == "seed" else "classifier"]
     fit(config(preset, epochs=2, resume=str(tmp_path / "p.pt"), save=str(tmp_path / "p.pt")), {"epochs", "resume"})
     ck = torch.load(tmp_path / "p.pt", weights_only=True)
-    assert ck["progress"]["joint" if preset == "seed" else "classifier"]["epoch"] == 2
+    then = ck["progress"]["joint" if preset == "seed" else "classifier"]
+    assert then == {"epoch": 2, "batch": 0, "step": 2 * first["step"]}  # exactly one more epoch
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -163,7 +169,7 @@ def test_cli_aliases_preset_and_a_short_help(tmp_path, capsys):
     assert (cfg.data.train_csv, cfg.data.val_csv, cfg.data.image_root, cfg.optim.accum_steps) == ("a.csv", "b.csv",
                                                                                                   "im", 3)
     assert cfg.model.pretrained is False and cfg.run.preset == "cpu-demo" and cfg.run.epochs == 7
-    assert {"batch_size", "epochs", "preset"} <= given and "lr" not in given  # a preset's lr is not "given"
+    assert {"batch_size", "preset"} <= given and not {"lr", "epochs"} & given  # typed flags only
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
@@ -182,6 +188,19 @@ def test_resume_names_every_ignored_flag_in_one_warning(phantom64, tmp_path, cap
     warning = [line for line in err.splitlines() if "ignored" in line]
     assert len(warning) == 1 and "--lr 0.5 (checkpoint: 0.001)" in warning[0] and "--backbone resnet50" in warning[0]
     assert "--epochs" not in warning[0] and "--batch-size" not in warning[0]  # run settings, and unchanged ones
+
+
+def test_a_preset_given_again_on_resume_sets_its_run_settings_and_the_rest_comes_from_the_checkpoint():
+    from roi_consistency.checkpoint import FORMAT
+    from roi_consistency.train import resume_config
+    trained = config(epochs=1, mask_epochs=0, lr=3e-3, save="a.pt")
+    ckpt = {"format": FORMAT, "config": trained.to_dict()}
+    cfg = resume_config(config("cpu-demo", resume="a.pt"), ckpt, {"preset", "resume"}, "a.pt")
+    assert (cfg.run.epochs, cfg.run.mask_epochs, cfg.run.workers) == (7, 1, 2)  # the preset's run settings
+    assert (cfg.optim.lr, cfg.model.backbone, cfg.run.preset) == (3e-3, "convnext_base", None)  # the checkpoint's
+    cfg = resume_config(config(resume="b.pt", max_steps=None), ckpt, {"resume"}, "b.pt")
+    assert (cfg.run.epochs, cfg.run.save, cfg.run.resume) == (1, "b.pt", "b.pt")  # writes where it resumed from
+    check_config(config("cpu-demo", mode="standard"), {"mode", "preset"})  # the control under a preset's budget
 
 
 def test_ctrl_c_leaves_a_resumable_checkpoint(phantom64, tmp_path):

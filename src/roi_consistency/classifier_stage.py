@@ -3,7 +3,7 @@ of them with their labels kept (EVAL-X, Jethani et al. 2021), so that it learns 
 shows. Without it a classifier reacts to any hole, and removing a random region would look as
 "faithful" as removing the evidence (EXPERIMENTS.md, round 1).
 
-A `--evalx-weight` share of each batch is shown again under a random mask of a random area (log-uniform
+An `evalx_weight` share (a quarter) of each batch is shown again under a random mask of a random area (log-uniform
 from `evalx_min_keep` to 60% kept): even images keep the region, odd ones lose it.
 """
 from __future__ import annotations
@@ -15,15 +15,11 @@ from torch import nn
 from tqdm import tqdm
 
 from roi_consistency.data import to_input
-from roi_consistency.loop import Validation, run_epoch
+from roi_consistency.loop import Validation, log_uniform, run_epoch
 from roi_consistency.losses import classifier_loss
 from roi_consistency.model import ROIModel, random_mask_logits, topk_mask
 
 MAX_KEEP = 0.6  # the largest share a random region keeps
-
-
-def log_uniform(lo: float, hi: float, generator: torch.Generator | None = None) -> float:
-    return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand((), generator=generator).item())
 
 
 def evalx_logits(model: ROIModel, xn: torch.Tensor, n: int, keep_ratio: float,
@@ -40,7 +36,8 @@ def evalx_logits(model: ROIModel, xn: torch.Tensor, n: int, keep_ratio: float,
 
 
 class Forward(nn.Module):
-    """The stage's training forward, the module DDP wraps: only the backbone has trainable parameters."""
+    """The stage's training forward, the module DDP wraps: only the backbone has trainable parameters.
+    (Every stage's Forward takes (model, cfg); this one needs nothing from cfg.)"""
 
     def __init__(self, model: ROIModel, cfg=None):
         super().__init__()

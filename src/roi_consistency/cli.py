@@ -106,8 +106,8 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(a: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
-    """The config the flags (and preset) ask for, and the settings the command line gave: a preset's
-    run and data settings count as given, so `--preset X --resume` runs to the preset's epoch counts."""
+    """The config the flags (and preset) ask for, and the names of the settings typed on the command line
+    ("preset" among them when one was given)."""
     explicit = {k: v for k, v in vars(a).items() if k not in NOT_FLAGS}
     preset = getattr(a, "preset", None)
     if explicit.get("resume") is True:
@@ -116,10 +116,7 @@ def train_config_from_args(a: argparse.Namespace) -> tuple[TrainConfig, set[str]
         explicit["img_size_start"] = None
     if explicit.get("weights"):
         explicit.setdefault("pretrained", True)  # --weights replaces the download, not the intent
-    given = set(explicit)
-    if preset is not None:
-        given |= {"preset"} | {k for k in PRESETS[preset] if GROUP_OF[k] in ("data", "run")}
-    return config(preset, **explicit), given
+    return config(preset, **explicit), set(explicit) | ({"preset"} if preset else set())
 
 
 def _train(a: argparse.Namespace) -> None:

@@ -61,12 +61,16 @@ class MethodConfig:
         """Does this config train jointly (the reference, or one of its mask-free controls)?"""
         return self.objective == "joint" or self.mode in ("standard", "random_mask")
 
+    @property
+    def ablated(self) -> str | None:
+        """The weight an ablation --mode sets to 0."""
+        return {"no_consist": "alpha", "no_drop": "beta", "no_sparse": "gamma", "no_tv": "delta"}.get(self.mode)
+
     def loss_weights(self) -> dict[str, float]:
         """alpha/beta/gamma/delta after the --mode ablation switches its term off."""
         w = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "delta": self.delta}
-        off = {"no_consist": "alpha", "no_drop": "beta", "no_sparse": "gamma", "no_tv": "delta"}
-        if self.mode in off:
-            w[off[self.mode]] = 0.0
+        if self.ablated:
+            w[self.ablated] = 0.0
         if self.mode == "standard":
             w = dict.fromkeys(w, 0.0)
         if self.mode == "random_mask":  # the random mask is not learned: no mask regularisers
@@ -178,9 +182,10 @@ PRESETS: dict[str, dict] = {
 
 
 # What a flat (format roi-consistency/1) config meant for a setting it predates: the values it was trained
-# with, not today's defaults. The one table for train, infer and evaluate alike.
+# with, not today's defaults. The one table for such checkpoints, wherever they are loaded (infer, evaluate,
+# --weights; they cannot be resumed).
 LEGACY = {"objective": "joint", "mask_net": "tiny", "mask_norm": "none", "mask_head": "shared", "fill": "mean",
-          "mask_loss": "prob", "min_keep_ratio": None, "mode": "full"}
+          "min_keep_ratio": None, "mode": "full"}
 # The two designs this version builds; a flat config is upgraded only if it is one of them.
 DESIGNS = {"joint": {"mask_net": "tiny", "mask_norm": "none"},
            "two_stage": {"mask_net": "features_grad", "mask_norm": "standardize", "mask_head": "per_class"}}

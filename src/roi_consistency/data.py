@@ -207,12 +207,13 @@ class SeededSampler(Sampler):
 
 
 def normal_mean_image(ds: "ImageCSVDataset", limit: int = 2000, workers: int = 0) -> torch.Tensor:
-    """The pixel-wise mean of up to `limit` images with no finding (`--fill normal`): what a chest
+    """The pixel-wise mean of up to `limit` images with no finding (the method's fill): what a chest
     without findings looks like at each place, to put where a region is removed."""
     from torch.utils.data import DataLoader, Subset
     rows = np.flatnonzero(ds.labels.sum(axis=1) == 0)[:limit].tolist()
     if not rows:
-        raise UserError("--fill normal needs images without findings (Normal) in the training CSV")
+        raise UserError(f"{ds.csv_path}: no image without findings (Normal); the method fills removed pixels "
+                        "with the mean normal image, so the training CSV needs some")
     total = torch.zeros(1, ds.size, ds.size, dtype=torch.float64)
     for x, _, _ in DataLoader(Subset(ds, rows), batch_size=64, num_workers=workers):
         total += x.double().sum(dim=0)

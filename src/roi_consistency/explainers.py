@@ -8,7 +8,8 @@ treat them all alike, and one more map is one more small class here.
 - Learned: the model's own mask network (for the method's head, the map drawn for the pair's class);
 - GradCAM: Grad-CAM (pytorch-grad-cam) on the backbone's last stage, for the pair's class;
 - Random: smooth random blobs, seeded: the control a faithful map must beat;
-- BoxOracle: the ground-truth boxes of the pair's finding: the oracle a map can at best match.
+- BoxOracle (not among evaluate's defaults): the ground-truth boxes of the pair's finding, the oracle a
+  map can at best match.
 
 An explainer whose maps have plateaus (Grad-CAM's ReLU makes many zeros) sets `ties = True`: the passes
 then break ties for top-r with a tiny seeded jitter, never by pixel index.

@@ -58,6 +58,11 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def log_uniform(lo: float, hi: float, generator: torch.Generator | None = None) -> float:
+    """A draw between lo and hi, uniform in log space (the keep ratios of random and training masks)."""
+    return math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand((), generator=generator).item())
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_frac: float):
     total = max(1, total)
     warm = max(1, round(warmup_frac * total))

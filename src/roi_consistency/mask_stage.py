@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from roi_consistency.classifier_stage import log_uniform
 from roi_consistency.data import to_input
-from roi_consistency.loop import Validation, run_epoch
+from roi_consistency.loop import Validation, log_uniform, run_epoch
 from roi_consistency.losses import mask_loss
 from roi_consistency.model import ROIModel, binary_mask
 
@@ -48,7 +47,8 @@ def mask_outputs(model: ROIModel, xn: torch.Tensor, keep_ratio: float, cls: torc
 
 
 class Forward(nn.Module):
-    """The stage's training forward, the module DDP wraps: only the mask network has trainable parameters."""
+    """The stage's training forward, the module DDP wraps: only the mask network has trainable parameters.
+    (Every stage's Forward takes (model, cfg); this one needs nothing from cfg.)"""
 
     def __init__(self, model: ROIModel, cfg=None):
         super().__init__()

@@ -157,20 +157,18 @@ class FeatureMaskNet(nn.Module):
         # the class as two channels, averaged over each feature cell: one pixel's gradient is noisy.
         a = a / (a.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-8)
         z = z + self.grad_proj(F.adaptive_avg_pool2d(torch.cat([a.relu(), (-a).relu()], 1), size))
-        maps = self.head(z)
-        m = maps.gather(1, explained.view(-1, 1, 1, 1).expand(-1, 1, *size)).float()
-        m = F.interpolate(m, size=xn.shape[-2:], mode="bilinear", align_corners=False)
+        maps = F.interpolate(self.head(z), size=xn.shape[-2:], mode="bilinear", align_corners=False).float()
         # Rank is all top-k uses; standardising keeps the sigmoid out of saturation, where the
         # straight-through gradient would vanish (the whole mask drifting to 1.0).
-        m = (m - m.mean(dim=(2, 3), keepdim=True)) / (m.std(dim=(2, 3), keepdim=True) + 1e-6)
-        return m, explained, out
+        maps = (maps - maps.mean(dim=(2, 3), keepdim=True)) / (maps.std(dim=(2, 3), keepdim=True) + 1e-6)
+        return maps.gather(1, explained.view(-1, 1, 1, 1).expand(-1, 1, *maps.shape[-2:])), explained, out
 
 
 def features_grad(backbone: nn.Module, n_classes: int) -> FeatureMaskNet:
     layers = feature_layers(backbone)
     was_training = backbone.training
     with captured(backbone, layers) as feats, torch.no_grad():  # probe the channel counts
-        backbone.eval()(torch.zeros(1, 3, 64, 64))
+        backbone.eval()(torch.zeros(1, 3, 64, 64, device=next(backbone.parameters(), torch.empty(0)).device))
     backbone.train(was_training)
     return FeatureMaskNet(tuple(feats[n].shape[1] for n in layers), n_classes, layers)
 

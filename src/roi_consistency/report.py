@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from roi_consistency.atomic import write_text
+from roi_consistency.atomic import atomic_write, write_text
 from roi_consistency.errors import UserError
 
 MAPS = ("learned", "gradcam", "random")  # the default explainers, for metrics that do not list theirs
@@ -374,10 +374,9 @@ def screenshot(html_path, png_path, width: int = 1280, height: int = 3000, secti
     src, png = Path(html_path).resolve(), Path(png_path).resolve()
     if not src.is_file():
         raise UserError(f"{src}: no such report file")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png.unlink(missing_ok=True)
     # A fresh profile each time: no first-run state, no lock clash with a running browser.
     with tempfile.TemporaryDirectory(prefix="roi-chromium-") as profile:
+        shot = Path(profile) / "shot.png"  # moved into place only when complete
         if section:  # a copy of the page that starts at the section (scrolling to an anchor is not reliable)
             html = src.read_text(encoding="utf-8")
             head, _, body = html.partition("<body>")
@@ -389,11 +388,11 @@ def screenshot(html_path, png_path, width: int = 1280, height: int = 3000, secti
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-               f"--screenshot={png}", src.as_uri()]
+               f"--screenshot={shot}", src.as_uri()]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired as e:
             raise UserError(f"{exe} did not finish the screenshot of {src} within 60 s") from e
-    if not png.is_file() or png.stat().st_size == 0:
-        raise UserError(f"{exe} wrote no screenshot (exit {res.returncode}): {res.stderr.strip()[-800:]}")
-    return png
+        if not shot.is_file() or shot.stat().st_size == 0:
+            raise UserError(f"{exe} wrote no screenshot (exit {res.returncode}): {res.stderr.strip()[-800:]}")
+        return atomic_write(png, lambda tmp: shutil.copyfile(shot, tmp))

@@ -37,7 +37,7 @@ from roi_consistency.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from roi_consistency.config import GROUP_OF, TrainConfig
+from roi_consistency.config import GROUP_OF, PRESETS, TrainConfig
 from roi_consistency.data import ImageCSVDataset, SeededSampler, normal_mean_image
 from roi_consistency.errors import UserError
 from roi_consistency.loop import LoopSettings, Position, make_loader, make_scheduler
@@ -46,10 +46,10 @@ from roi_consistency.model import MASK_NETS, ROIModel, build_model, mask_net_nam
 from roi_consistency.runtime import Runtime, StopFlag, setup_runtime
 
 STAGES = {"classifier": classifier_stage, "mask": mask_stage, "joint": reference}
-# Which validation figure makes a stage's epoch the best one: the mask stage's own objective (its AUROC is
-# the frozen classifier's), else mean AUROC.
-BEST = {"classifier": ("val_mean_auroc", max), "joint": ("val_mean_auroc", max), "mask": ("val_loss", min)}
-SAMPLER_EPOCH = {"classifier": 0, "joint": 0, "mask": 10_000}  # each stage its own data orders
+# Which validation figure makes an epoch of the final stage the best one, and whether higher is better: the
+# mask stage's own objective (its AUROC is the frozen classifier's), else mean AUROC.
+BEST = {"classifier": ("val_mean_auroc", True), "joint": ("val_mean_auroc", True), "mask": ("val_loss", False)}
+
 
 
 def flag(name: str) -> str:
@@ -65,7 +65,12 @@ def resume_config(cli: TrainConfig, ckpt: dict, given: set[str], path: str) -> T
                         "infer, evaluate and --weights, but cannot be resumed. Start a new run, e.g. with "
                         f"--weights {path} to begin from its classifier")
     saved = checkpoint_config(ckpt, path)
-    keep = {k: getattr(getattr(cli, GROUP_OF[k]), k) for k in given if GROUP_OF[k] in ("data", "run")}
+    from_cli = {k for k in given if GROUP_OF[k] in ("data", "run")}
+    if "preset" in given:  # a preset given again sets its run settings (epoch counts, workers) as flags would
+        from_cli |= {k for k in PRESETS[cli.run.preset] if GROUP_OF[k] in ("data", "run")}
+    from_cli.discard("preset")  # the checkpoint keeps the name of the preset it was trained with
+    keep = {k: getattr(getattr(cli, GROUP_OF[k]), k) for k in from_cli}
+    keep.setdefault("save", cli.run.resume)  # without --save, a resumed run writes where it resumed from
     ignored = [f"{flag(k)} {getattr(getattr(cli, g), k)} (checkpoint: {getattr(getattr(saved, g), k)})"
                for k in sorted(given) for g in [GROUP_OF[k]]
                if g not in ("data", "run") and getattr(getattr(cli, g), k) != getattr(getattr(saved, g), k)]
@@ -96,10 +101,12 @@ def check_config(cfg: TrainConfig, given: set[str]) -> None:
     if o.img_size_start and o.img_size_start < 32:
         raise UserError(f"--img-size-start must be at least 32, got {o.img_size_start}; 0 turns progressive "
                         "resizing off")
-    off = {"no_consist": "alpha", "no_drop": "beta", "no_sparse": "gamma", "no_tv": "delta"}.get(m.mode)
-    if off and getattr(m, off) == 0:
-        raise UserError(f"--mode {m.mode} changes nothing: the {off} weight is already 0 here (the ablations are "
-                        "the reference's, --preset seed)")
+    if m.ablated and getattr(m, m.ablated) == 0:
+        raise UserError(f"--mode {m.mode} changes nothing: the {m.ablated} weight is already 0 here (the ablations "
+                        "are the reference's, --preset seed)")
+    if not (0 <= m.evalx_weight <= 1 and 0 < m.evalx_min_keep <= classifier_stage.MAX_KEEP):
+        raise UserError(f"the EVAL-X share ({m.evalx_weight}) must be in [0, 1] and its smallest kept share "
+                        f"({m.evalx_min_keep}) in (0, {classifier_stage.MAX_KEEP}]")
     if not 0 < m.min_keep_ratio <= m.keep_ratio:
         raise UserError(f"the mask stage's smallest keep ratio must be in (0, --keep-ratio={m.keep_ratio}], "
                         f"got {m.min_keep_ratio}")
@@ -165,6 +172,7 @@ def init_model(cfg: TrainConfig, rt: Runtime, data: TrainData, ckpt: dict | None
     """The model with its weights (a checkpoint's, or fresh) and its fill, on the device, channels-last."""
     torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, cfg.method, len(cfg.data.classes), load_pretrained=ckpt is None)
+    torch.manual_seed(cfg.optim.seed + rt.rank)  # but independent drop-path and random-mask noise per rank
     if ckpt is not None:
         model.backbone.load_state_dict(ckpt["backbone"])
         model.mask_net.load_state_dict(ckpt["mask_net"])
@@ -175,7 +183,6 @@ def init_model(cfg: TrainConfig, rt: Runtime, data: TrainData, ckpt: dict | None
             plain = ImageCSVDataset(cfg.data.train_csv, cfg.data.image_root, cfg.model.img_size, cfg.data.classes,
                                     cache=data.train.cache)
             model.set_fill(normal_mean_image(plain, workers=min(cfg.run.workers, 8)))
-    torch.manual_seed(cfg.optim.seed + rt.rank)  # but independent drop-path and random-mask noise per rank
     return model.to(rt.device, memory_format=torch.channels_last)
 
 
@@ -310,7 +317,9 @@ def run_stage(s: Session, name: str, epochs: int) -> dict:
     first_step, metrics = pos.step, {}
     while pos.epoch < epochs:
         t0, size = time.perf_counter(), input_size(cfg, name, pos.epoch, epochs)
-        s.data.sampler.set_epoch(SAMPLER_EPOCH[name] + pos.epoch, start=pos.batch * cfg.optim.batch_size)
+        # data order and augmentation by the epoch's place in the whole run: the mask stage's follow the classifier's
+        first_epoch = cfg.run.epochs if name == "mask" else 0
+        s.data.sampler.set_epoch(first_epoch + pos.epoch, start=pos.batch * cfg.optim.batch_size)
         train = stage.train_one_epoch(net, optimizer, scheduler, s.data.train_loader, pos, loop, cfg, size,
                                       s.data.n_batches, f"{name} epoch {pos.epoch + 1}/{epochs} ({size}px)")
         if train["stopped"]:
@@ -329,10 +338,12 @@ def run_stage(s: Session, name: str, epochs: int) -> dict:
 def end_epoch(s: Session, name: str, epochs: int, pos: Position, row: dict, save) -> None:
     """Log the epoch, then save: the best first, so a crash between the two writes never loses it."""
     s.state.history.append(row)
-    key, better = BEST[name]
-    value = row.get(key)
-    if name == s.final and value is not None and (s.state.best is None or better(value, s.state.best["value"])
-                                                  == value):
+    key, higher = BEST[name]
+    value, best = row.get(key), s.state.best
+    if best is not None and best["stage"] != name:  # a best of another stage (a run extended) is not comparable
+        best = None
+    if name == s.final and value is not None and (
+            best is None or (value >= best["value"] if higher else value <= best["value"])):
         s.state.best = {"stage": name, "key": key, "value": value}
         save(str(best_path(s.cfg.run.save)))
     save()
@@ -391,24 +402,26 @@ def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
 
 
 def run_stages(s: Session, planned: list[tuple[str, int]]) -> list[dict]:
-    """Each planned stage in turn; a classifier that trains again invalidates the mask stage after it."""
+    """Each planned stage in turn; a classifier that trains again (more --epochs on a finished run) first
+    invalidates the mask stage, which then starts over against the changed classifier."""
     results = []
     with StopFlag() as stop:
         s.stop = stop
         for name, epochs in planned:
             if name in s.state.progress and s.state.progress[name].epoch >= epochs:
                 continue  # finished before this resume
+            if name == "classifier" and "mask" in s.state.progress:
+                s.state.restart("mask")  # the mask reads the classifier's features: it trains again after
+                reset_mask_net(s)
             res = run_stage(s, name, epochs)
             results.append(res)
             if res["stopped"]:
                 break
-            if name == "classifier" and res["steps"] and "mask" in s.state.progress:
-                s.state.restart("mask")  # the mask read the old classifier's features: train it again
-                reset_mask_net(s)
     return results
 
 
 def reset_mask_net(s: Session) -> None:
+    """A fresh mask network (seeded, the same on every rank) for a mask stage that starts over."""
     torch.manual_seed(s.cfg.optim.seed)
     net = MASK_NETS[mask_net_name(s.cfg.method)](s.model.backbone, len(s.cfg.data.classes))
     s.model.mask_net = net.to(s.rt.device, memory_format=torch.channels_last)
