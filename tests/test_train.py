@@ -243,6 +243,13 @@ def test_ddp_two_processes_on_cpu_with_the_reference_spellings(phantom64, tmp_pa
     assert r0["n_val"] == rows(phantom64["val"])  # gathered across ranks, padding removed
     ck = torch.load(save, weights_only=True)
     assert ck["step"] == r0["step"] and ck["progress"]["mask"]["epoch"] == 1
+    # the same under torchrun: --resume with --epochs 2 adds exactly one classifier epoch, then the mask again
+    run = subprocess.run(cmd + ["--resume", "--epochs", "2"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    ck = torch.load(save, weights_only=True)
+    assert ck["progress"]["classifier"] == {"epoch": 2, "batch": 0, "step": 2 * per_stage}
+    assert ck["progress"]["mask"]["epoch"] == 1 and r0["sha"] == r1["sha"]
 
 
 def test_two_stage_trains_the_classifier_then_only_the_mask(phantom64, tmp_path):
