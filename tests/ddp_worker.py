@@ -19,5 +19,5 @@ for name, t in sorted(result["model"].named_parameters()):  # BN running stats a
     h.update(t.detach().contiguous().numpy().tobytes())
 rank = int(os.environ["RANK"])
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
-    json.dump({"sha": h.hexdigest(), "step": result["step"], "n_val": result["metrics"]["n_val"],
+    json.dump({"sha": h.hexdigest(), "step": result["step"], "n_val": result["metrics"].get("n_val"),
                "world": torch.distributed.get_world_size()}, fh)

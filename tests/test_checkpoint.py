@@ -69,7 +69,7 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     def full_disk(self, *a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(Path, "write_text", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="could not write .*metrics.json: No space left on device"):
         write_text(target, "new")
     monkeypatch.undo()
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

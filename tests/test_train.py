@@ -173,7 +173,7 @@ def test_cli_aliases_preset_and_a_short_help(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
-    options = [line for line in text.split("options:")[1].splitlines() if line.lstrip().startswith("-")]
+    options = [line for line in text.split("options:")[1].splitlines() if line.startswith("  -")]  # not wrapped help
     assert len(options) <= 30, len(options)
     assert "--mask-epochs" in text and "--batch_size" not in text  # the reference spellings are hidden aliases
 
@@ -203,23 +203,46 @@ def test_a_preset_given_again_on_resume_sets_its_run_settings_and_the_rest_comes
     check_config(config("cpu-demo", mode="standard"), {"mode", "preset"})  # the control under a preset's budget
 
 
-def test_ctrl_c_leaves_a_resumable_checkpoint(phantom64, tmp_path):
-    save = tmp_path / "ck.pt"
-    cmd = [sys.executable, "-m", "roi_consistency", *small_args(phantom64, save, "--batch_size", "4", "--epochs",
-                                                                "50", "--save-every", "1", "--workers", "1")]
+def _interrupt(phantom64, save, sig, *extra):
+    """Start training in a subprocess, send `sig` once the first checkpoint exists; (returncode, output)."""
+    cmd = [sys.executable, "-m", "roi_consistency", *small_args(phantom64, save, "--batch_size", "4",
+                                                                "--save-every", "1", "--workers", "1", *extra)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not save.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert save.exists(), "no checkpoint appeared"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    return proc.returncode, out
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint_and_exits_130(phantom64, tmp_path):
+    save = tmp_path / "ck.pt"
+    code, out = _interrupt(phantom64, save, signal.SIGINT, "--epochs", "50")
+    assert code == 130, out
     assert "continue with --resume" in out
     ck = torch.load(save, weights_only=True)
     assert ck["step"] >= 1 and ck["stage"] == "classifier" and ck["progress"]["classifier"]["epoch"] == 0
     cfg = config(resume=str(save), save=str(save), workers=0, max_steps=ck["step"] + 1)
     assert fit(cfg, {"resume", "save", "workers", "max_steps"})["step"] == ck["step"] + 1
+
+
+def test_sigterm_saves_exits_143_and_resume_finishes_the_run(phantom64, tmp_path):
+    """What Slurm sends before SIGKILL: a checkpoint at the next step boundary, exit 143; --resume then
+    trains to the planned epoch counts."""
+    save = tmp_path / "ck.pt"
+    small = ("--train_csv", str(phantom64["val"]))
+    code, out = _interrupt(phantom64, save, signal.SIGTERM, "--epochs", "2", "--mask-epochs", "1", *small)
+    assert code == 143, out
+    assert "stopping (SIGTERM)" in out and "continue with --resume" in out
+    ck = torch.load(save, weights_only=True)
+    assert ck["progress"]["classifier"]["epoch"] < 2
+    run = subprocess.run([sys.executable, "-m", "roi_consistency", *small_args(phantom64, save, "--resume", *small)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    ck = torch.load(save, weights_only=True)
+    assert {s: p["epoch"] for s, p in ck["progress"].items()} == {"classifier": 2, "mask": 1}
 
 
 def _env():
@@ -319,3 +342,45 @@ def test_progressive_resizing_grows_the_classifier_input_then_holds(phantom64, t
     assert seen["classifier"] == [32] * per_epoch + [40] * per_epoch + [48] * per_epoch
     assert set(seen["mask"]) == {48}
     assert [input_size(config(img_size=64, img_size_start=128), "classifier", e, 4) for e in range(4)] == [64] * 4
+
+
+def test_non_finite_losses_stop_the_run_and_the_last_good_checkpoint_stays(phantom64, tmp_path, monkeypatch):
+    from roi_consistency import classifier_stage
+    real, calls = classifier_stage.classifier_loss, []
+
+    def poisoned(*a, **k):
+        loss, terms = real(*a, **k)
+        calls.append(1)
+        return (loss * float("nan"), terms) if len(calls) > 4 else (loss, terms)
+    monkeypatch.setattr(classifier_stage, "classifier_loss", poisoned)
+    cfg = small_cfg(phantom64, tmp_path, accum_steps=1, save_every=1, val_csv=None)
+    with pytest.raises(UserError, match=r"weights are no longer finite at step 5: stopped without saving"):
+        fit(cfg)  # the first non-finite loss poisoned the weights: the save after it is refused
+    ck = torch.load(cfg.run.save, weights_only=True)
+    assert ck["step"] == 4  # the last step with a finite loss; nothing after it was written
+    assert all(torch.isfinite(v).all() for v in ck["backbone"].values() if v.is_floating_point())
+    calls.clear()
+    cfg = small_cfg(phantom64, tmp_path / "b", accum_steps=1, val_csv=None)  # no save until the epoch ends
+    with pytest.raises(UserError, match=r"not finite for 3 steps in a row \(classifier epoch 1/1, step 7\)"):
+        fit(cfg)
+    assert not os.path.exists(cfg.run.save)
+
+
+def test_a_ddp_resume_restores_each_ranks_own_random_state(phantom64, tmp_path):
+    """Stopped part-way and resumed under torchrun, two ranks end with the weights of a straight run: each
+    rank draws its own EVAL-X masks, so each must get its own RNG state back."""
+    def torchrun(out, *extra):
+        args = small_args(phantom64, out / "ck.pt", "--train_csv", str(phantom64["val"]), "--batch_size", "8",
+                          "--accum_steps", "1", "--epochs", "1", "--mask-epochs", "1", *extra)
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(ROOT / "tests" / "ddp_worker.py"), str(out), *args], env=_env(), capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight = torchrun(tmp_path / "a")
+    torchrun(tmp_path / "b", "--max-steps", "2")
+    ck = torch.load(tmp_path / "b" / "ck.pt", weights_only=True)
+    assert len(ck["rng_per_rank"]) == 2 and not torch.equal(*(r["torch"] for r in ck["rng_per_rank"]))
+    resumed = torchrun(tmp_path / "b", "--resume")
+    assert resumed[0]["step"] == straight[0]["step"] and resumed[0]["sha"] == straight[0]["sha"]

@@ -11,15 +11,21 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from roi_consistency.errors import UserError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call write(tmp) for a temporary path beside `path`, then rename it over `path`."""
+    """Call write(tmp) for a temporary path beside `path`, then rename it over `path`. A failed write (a
+    full disk, a read-only folder) is a UserError naming the file; the previous file stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: ranks and workers never collide
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"could not write {path}: {exc.strerror or exc}; free space or pick a writable folder "
+                        f"(the previous {path.name}, if any, is unchanged)") from None
     finally:
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()

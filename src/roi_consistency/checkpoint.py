@@ -14,6 +14,9 @@ and --weights, meaning what it meant; it cannot be resumed.
 """
 from __future__ import annotations
 
+import errno
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -27,17 +30,34 @@ READABLE = (FORMAT, "roi-consistency/1")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    def write(tmp: Path) -> None:
+        try:
+            torch.save({"format": FORMAT, **state}, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            raise OSError(errno.EIO, str(exc).splitlines()[0]) from None
+    atomic_write(path, write)
+
+
+def safe_load(path: Path, what: str, map_location="cpu"):
+    """torch.load(weights_only=True), with one-line errors: a file torch.save did not write, or one that
+    holds pickled objects (refused without running any of it)."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{what} {path} is not a checkpoint: not a file torch.save writes (truncated, or another "
+                        "kind of file)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{what} {path} refused: it holds pickled objects, not plain tensors, so it was not written "
+                        "by this tool (nothing in it was run)") from None
+    except Exception as exc:
+        raise UserError(f"{what} {path} could not be read: {str(exc).splitlines()[0][:200]}") from None
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"checkpoint {path} could not be loaded ({exc})") from None
+    ckpt = safe_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE:
         raise UserError(f"{path} is not a roi-consistency checkpoint")
     return ckpt

@@ -96,6 +96,9 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
                         "training, tiny mask net); cpu-demo: minutes on a CPU (phantom data); nih: NIH on GPUs")
     t.add_argument("--pretrained", dest="pretrained", action=argparse.BooleanOptionalAction,
                    default=argparse.SUPPRESS, help="start from torchvision's ImageNet weights (default: on)")
+    t.add_argument("--skip-bad-images", dest="skip_bad_images", action="store_true", default=argparse.SUPPRESS,
+                   help="leave out, with a warning, images the pre-flight check finds missing or broken (default: "
+                        "stop, naming them)")
     t.add_argument("--bf16", dest="bf16", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     t.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
@@ -121,7 +124,9 @@ def train_config_from_args(a: argparse.Namespace) -> tuple[TrainConfig, set[str]
 
 def _train(a: argparse.Namespace) -> None:
     from roi_consistency.train import fit
-    fit(*train_config_from_args(a))
+    result = fit(*train_config_from_args(a))
+    if result["signal"]:  # stopped by SIGINT or SIGTERM, with a resumable checkpoint: say so to the scheduler
+        sys.exit(128 + result["signal"])
 
 
 def _infer(a: argparse.Namespace) -> None:
@@ -134,7 +139,7 @@ def _infer(a: argparse.Namespace) -> None:
         raise UserError("--save-mask/--save-crop are for a single --image; use --vis-dir with --csv")
     a.out = a.out or "preds.json"
     res = infer_csv(a.checkpoint, a.csv, a.image_root, a.out, a.keep_ratio, a.vis_dir, a.vis_limit,
-                    a.batch_size, a.device, a.workers, cache=a.cache)
+                    a.batch_size, a.device, a.workers, cache=a.cache, skip_bad=a.skip_bad_images)
     print(f"infer: {len(res['predictions'])} images -> {a.out}" + (f", overlays in {a.vis_dir}" if a.vis_dir else ""))
 
 
@@ -149,7 +154,7 @@ def _evaluate(a: argparse.Namespace) -> None:
         raise UserError(f"--keep-ratios {a.keep_ratios}: each ratio must be between 0 and 1")
     m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, keep_ratios=ratios,
                             batch_size=a.batch_size, device=a.device, n_examples=a.examples, seed=a.seed,
-                            workers=a.workers, cache=a.cache)
+                            workers=a.workers, cache=a.cache, skip_bad_images=a.skip_bad_images)
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
@@ -232,6 +237,8 @@ def _add_phantom_and_cache(sub) -> None:
 
 def _add_scoring_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out (and list in the JSON) images the pre-flight check finds missing or broken")
     p.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -317,12 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def user_message(exc: UserError) -> str:
+    """The error's own message. One raised in a DataLoader worker arrives wrapped in the worker's traceback;
+    its last line is the message."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except UserError as exc:
-        print(f"roi-consistency {args.command}: error: {exc}", file=sys.stderr)
+        print(f"roi-consistency {args.command}: error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"roi-consistency {args.command}: interrupted", file=sys.stderr)

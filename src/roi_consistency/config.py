@@ -29,6 +29,7 @@ class DataConfig:
     cache: str | None = None  # a folder made by `roi-consistency cache`
     classes: list[str] = field(default_factory=lambda: list(FINDINGS))
     augment: bool = True
+    skip_bad_images: bool = False  # leave out images the pre-flight check finds bad, instead of stopping
 
 
 @dataclass

@@ -7,6 +7,7 @@ same whatever worker builds it, and a resumed run sees exactly the batches it wo
 """
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -24,6 +25,17 @@ from roi_consistency.labels import LabelError, parse_labels
 MIX = 0x9E3779B1  # spreads (seed, epoch, index) into well-separated generator seeds
 
 
+def image_name(text: str | None, csv_path: Path, line_no: int) -> str:
+    """A CSV's image name, which must stay inside the image root: no absolute path, no '..'."""
+    name = (text or "").strip()
+    if not name:
+        raise UserError(f"{csv_path} line {line_no}: empty image name")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UserError(f"{csv_path} line {line_no}: image {name!r} leaves --image-root; image names must be "
+                        "paths inside it, without '..' or a leading '/'")
+    return name
+
+
 def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray | None]:
     """Image names and a float32 multi-hot matrix (None when the CSV has no labels column)."""
     path = Path(path)
@@ -37,7 +49,7 @@ def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.
         names, rows = [], []
         index = {c: i for i, c in enumerate(classes)}
         for line_no, row in enumerate(reader, start=2):
-            names.append(row["image"].strip())
+            names.append(image_name(row["image"], path, line_no))
             if has_labels:
                 vec = np.zeros(len(classes), np.float32)
                 try:
@@ -164,6 +176,29 @@ class ImageCSVDataset(Dataset):
         if raw and cache is None:
             raise ValueError("raw items need a cache")
         self.raw = raw
+
+    def without(self, names: set[str]) -> "ImageCSVDataset":
+        """The same rows but those images (a pre-flight check's bad ones), in place."""
+        if names:
+            keep = [i for i, n in enumerate(self.names) if n not in names]
+            self.names, self.labels = [self.names[i] for i in keep], self.labels[keep]
+        return self
+
+    def plain(self) -> "ImageCSVDataset":
+        """A view of the same rows without augmentation, as finished float images."""
+        view = copy.copy(self)
+        view.augment, view.raw = False, False
+        return view
+
+    def drop_bad(self, skip_bad: bool, progress: bool = True) -> list[str]:
+        """The pre-flight check of its images (a cache checked its own when it was built): an error naming
+        the bad ones, or with skip_bad their rows left out and their names returned."""
+        if self.cache is not None:
+            return []
+        from roi_consistency.preflight import preflight
+        bad = preflight(self.names, self.root, str(self.csv_path), skip_bad, progress)
+        self.without(bad)
+        return sorted(bad)
 
     def __len__(self) -> int:
         return len(self.names)

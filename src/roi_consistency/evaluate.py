@@ -56,6 +56,7 @@ class EvalOptions:
     workers: int = 2
     progress: bool = True
     cache: str | None = None
+    skip_bad_images: bool = False  # leave out (and list) images the pre-flight check finds bad
 
 
 def read_boxes(path: str | Path) -> dict[str, list[tuple[str, float, float, float, float]]]:
@@ -327,10 +328,11 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     ds = ImageCSVDataset(csv_path, image_root, size, classes, cache=ImageCache(opt.cache, size) if opt.cache else None)
     if not ds.has_labels:
         raise UserError(f"{csv_path}: evaluation needs a labels column")
+    skipped = ds.drop_bad(opt.skip_bad_images, opt.progress)
     boxes = model_boxes(ds, bbox, classes, size)
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
     t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev)
-    result = summarize(t, ds.labels, cfg, checkpoint, bbox is not None, opt.seed)
+    result = {**summarize(t, ds.labels, cfg, checkpoint, bbox is not None, opt.seed), "skipped_images": skipped}
     out = Path(out_dir)
     write_json(out / "metrics.json", result)
     from roi_consistency.report import write_report

@@ -22,7 +22,9 @@ from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import load_trained
 from roi_consistency.config import FILLS
 from roi_consistency.data import ImageCSVDataset, load_image
+from roi_consistency.errors import UserError
 from roi_consistency.model import Explanation, ROIModel, random_mask_logits, topk_mask
+from roi_consistency.preflight import image_problem
 from roi_consistency.runtime import pick_device
 
 
@@ -83,12 +85,13 @@ def _header(checkpoint: str, cfg, r: float, preds: list[dict]) -> dict:
 
 def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json", keep_ratio: float | None = None,
               vis_dir: str | None = None, vis_limit: int = 16, batch_size: int = 16, device: str = "auto",
-              workers: int = 2, progress: bool = True, cache: str | None = None) -> dict:
+              workers: int = 2, progress: bool = True, cache: str | None = None, skip_bad: bool = False) -> dict:
     dev = pick_device(device)
     model, cfg = load_trained(checkpoint, dev)
     classes, size = cfg.data.classes, cfg.model.img_size
     r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
     ds = ImageCSVDataset(csv, image_root, size, classes, cache=ImageCache(cache, size) if cache else None)
+    skipped = ds.drop_bad(skip_bad, progress)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     preds, written = [], 0
     with tqdm(total=len(ds), desc="infer", unit="img", disable=not progress) as bar:
@@ -101,7 +104,7 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
                     write_vis(vis_dir, ds.names[i], model, s, j)
                     written += 1
             bar.update(len(idx))
-    result = _header(checkpoint, cfg, r, preds)
+    result = {**_header(checkpoint, cfg, r, preds), "skipped_images": skipped}
     write_json(out, result)
     return result
 
@@ -112,6 +115,9 @@ def infer_image(checkpoint: str, image: str, keep_ratio: float | None = None, ou
     dev = pick_device(device)
     model, cfg = load_trained(checkpoint, dev)
     r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
+    problem = image_problem(Path(image))
+    if problem:
+        raise UserError(f"--image {image}: {problem}")
     x = load_image(image, cfg.model.img_size).float().div_(255).unsqueeze(0).to(dev)
     s = score(model, x, r, cfg.method.mode == "random_mask")
     if save_mask:

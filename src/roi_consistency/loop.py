@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from roi_consistency.checkpoint import rng_state
+from roi_consistency.errors import UserError
 from roi_consistency.losses import TERMS
 from roi_consistency.metrics import mean_auroc, per_class_auroc
-from roi_consistency.runtime import Runtime, StopFlag, ignore_sigint
+from roi_consistency.runtime import Runtime, StopFlag, ignore_stop_signals
 
 
 @dataclass
@@ -73,7 +74,7 @@ def make_loader(ds, sampler, batch_size: int, workers: int, device: torch.device
     kw = dict(num_workers=workers, pin_memory=device.type == "cuda",
               generator=torch.Generator())  # own generator: never consume the global RNG
     if workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=6, worker_init_fn=ignore_sigint)
+        kw.update(persistent_workers=True, prefetch_factor=6, worker_init_fn=ignore_stop_signals)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, **kw)
 
 
@@ -91,18 +92,53 @@ def should_stop(pos: Position, loop: LoopSettings) -> bool:
     return bool(flag.item())
 
 
+MAX_NONFINITE = 3  # losses in a row that stop a run
+
+
+class Meter:
+    """The loss terms of an epoch's micro-batches, summed on the device (between two logs, and over the
+    epoch), and the longest run of non-finite losses. Read on the host only at a log point."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(TERMS) + 1, device=device)  # terms + total
+        self.epoch = torch.zeros_like(self.sums)
+        self.bad_run, self.worst = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.n_log, self.n, self.seen, self.t0, self.images_per_s = 0, 0, 0, time.perf_counter(), 0.0
+        self.present = {"loss"}
+
+    def add(self, loss: torch.Tensor, terms: dict, images: int) -> None:
+        self.present |= terms.keys()
+        self.bad_run = torch.where(torch.isfinite(loss.detach()), 0, self.bad_run + 1)
+        self.worst = torch.maximum(self.worst, self.bad_run)
+        row = torch.stack([terms.get(k, loss.new_zeros(())).float() for k in TERMS] + [loss.detach().float()])
+        self.sums, self.epoch = self.sums + row, self.epoch + row
+        self.n_log, self.n, self.seen = self.n_log + 1, self.n + 1, self.seen + images
+
+    def log(self, where: str) -> float:
+        """The mean loss since the last log; stops the run after MAX_NONFINITE non-finite losses in a row."""
+        if self.worst.item() >= MAX_NONFINITE:
+            raise UserError(f"the loss was not finite for {int(self.worst.item())} steps in a row ({where}): stopped "
+                            "without saving, so the last checkpoint is from before. Lower --lr, or check the data")
+        loss = (self.sums[-1] / max(self.n_log, 1)).item()
+        self.images_per_s = self.seen / max(time.perf_counter() - self.t0, 1e-9)
+        self.sums.zero_()
+        self.n_log = 0
+        return loss
+
+    def epoch_terms(self) -> dict:
+        mean = (self.epoch / max(self.n, 1)).tolist()
+        return {k: v for k, v in zip(TERMS + ("loss",), mean) if k in self.present} if self.n else {}
+
+
 def run_epoch(net, step_loss: Callable, optimizer, scheduler, loader, pos: Position, loop: LoopSettings,
               n_batches: int, desc: str) -> dict:
     """One epoch, or the rest of one from pos.batch. step_loss(x, y) -> (loss, terms) runs one micro-batch
     through `net` (the DDP-wrapped forward). Advances pos; returns the epoch's mean terms, its images/s,
     and whether it stopped early."""
-    rt, accum = loop.rt, loop.accum_steps
-    sums = torch.zeros(len(TERMS) + 1, device=rt.device)  # terms + total, between two logs
-    epoch_sums = torch.zeros_like(sums)
-    n_log, n_epoch, seen, t0, ips = 0, 0, 0, time.perf_counter(), 0.0
+    rt, accum, meter = loop.rt, loop.accum_steps, Meter(loop.rt.device)
     bar = tqdm(total=n_batches, initial=pos.batch, unit="batch", desc=desc, disable=not rt.main,
                dynamic_ncols=True, leave=True)
-    it, stopped, b, present = iter(loader), False, pos.batch, {"loss"}  # pos.batch moves only at window boundaries
+    it, stopped, b = iter(loader), False, pos.batch  # pos.batch moves only at window boundaries
     while b < n_batches:
         if b % accum == 0 and should_stop(pos, loop):
             stopped = True
@@ -121,10 +157,7 @@ def run_epoch(net, step_loss: Callable, optimizer, scheduler, loader, pos: Posit
             with rt.autocast():
                 loss, terms = step_loss(x, y)
             (loss / window).backward()
-        present |= terms.keys()
-        row = torch.stack([terms.get(k, loss.new_zeros(())).float() for k in TERMS] + [loss.detach().float()])
-        sums, epoch_sums = sums + row, epoch_sums + row
-        n_log, n_epoch, seen = n_log + 1, n_epoch + 1, seen + len(y) * rt.world
+        meter.add(loss, terms, len(y) * rt.world)
         b += 1
         bar.update(1)
         if not last:
@@ -133,18 +166,15 @@ def run_epoch(net, step_loss: Callable, optimizer, scheduler, loader, pos: Posit
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         pos.batch, pos.step, pos.rng = b, pos.step + 1, rng_state()
-        if pos.step % loop.log_every == 0 or b == n_batches:
-            vals = (sums / max(n_log, 1)).tolist()  # the only host sync, once per log interval
-            ips = seen / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{vals[-1]:.4f}", img_s=f"{ips:.1f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            sums.zero_()
-            n_log = 0
-        if loop.save_every and pos.step % loop.save_every == 0:
+        save_now = loop.save_every and pos.step % loop.save_every == 0
+        if pos.step % loop.log_every == 0 or b == n_batches or save_now:  # the only host syncs
+            loss_now = meter.log(f"{desc.split(' (')[0]}, step {pos.step}")
+            bar.set_postfix(loss=f"{loss_now:.4f}", img_s=f"{meter.images_per_s:.1f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if save_now:
             loop.save()
     bar.close()
-    mean = (epoch_sums / max(n_epoch, 1)).tolist()
-    terms = {k: v for k, v in zip(TERMS + ("loss",), mean) if k in present} if n_epoch else {}
-    return {"terms": terms, "images_per_s": ips, "stopped": stopped}
+    return {"terms": meter.epoch_terms(), "images_per_s": meter.images_per_s, "stopped": stopped}
 
 
 class Validation:

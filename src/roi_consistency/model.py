@@ -21,6 +21,7 @@ the classifier's own features and attribution, one map per class; and `tiny`, th
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -309,12 +310,10 @@ def load_matching(model: nn.Module, path: str) -> None:
     """Load a local state dict (or the backbone of a checkpoint of this tool), keeping only tensors whose
     name and shape match (a 1000-class ImageNet head is skipped). Refuse files that match almost
     nothing: wrong architecture."""
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"--weights {path}: file not found") from None
-    except Exception as exc:
-        raise UserError(f"--weights {path}: not a loadable state dict ({exc})") from None
+    from roi_consistency.checkpoint import safe_load
+    if not Path(path).is_file():
+        raise UserError(f"--weights {path}: file not found")
+    sd = safe_load(Path(path), "--weights")
     if isinstance(sd, dict) and "backbone" in sd:  # one of our own checkpoints
         sd = sd["backbone"]
     own = model.state_dict()

@@ -61,33 +61,38 @@ def setup_runtime(device: str = "auto", bf16: bool | None = None) -> Runtime:
     return Runtime(dev, rank, world, local_rank, bf16=dev.type == "cuda" if bf16 is None else bf16)
 
 
-def ignore_sigint(_worker_id: int = 0) -> None:
-    """For loader workers: Ctrl+C reaches every process in the group, and only the main process should
-    act on it (finish the step it is on and write a checkpoint)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl+C; what Slurm and most schedulers send before SIGKILL
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """For loader workers: Ctrl+C (and a scheduler's SIGTERM) reach every process in the group, and only
+    the main process should act on them (finish the step it is on and write a checkpoint)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class StopFlag:
-    """First Ctrl+C asks the loop to stop at the next step boundary and save; a second one aborts."""
+    """The first SIGINT or SIGTERM asks the loop to stop at the next step boundary and save; a second one
+    aborts. `signum` is the signal that asked, so the process can exit 128 + signum (130, 143)."""
 
     def __init__(self):
-        self.set = False
-        self._old = None
+        self.set, self.signum, self._old = False, None, {}
 
     def __enter__(self):
         if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
-    def _handle(self, *_):
+    def _handle(self, signum, _frame):
         if self.set:
             raise KeyboardInterrupt
-        self.set = True
+        self.set, self.signum = True, signum
         try:  # stderr may be a pipe whose reader (tee) died with the same Ctrl+C
-            print("\nstopping: saving a checkpoint at the next step (Ctrl+C again to abort)", file=sys.stderr)
+            print(f"\nstopping ({signal.Signals(signum).name}): saving a checkpoint at the next step (again to "
+                  "abort)", file=sys.stderr)
         except OSError:
             pass
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)

@@ -14,6 +14,7 @@ stage again, against the changed classifier (the mask reads its features).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -21,8 +22,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from roi_consistency import classifier_stage, mask_stage, reference
@@ -34,12 +37,14 @@ from roi_consistency.checkpoint import (
     checkpoint_config,
     load_checkpoint,
     rng_state,
+    safe_load,
     save_checkpoint,
     set_rng_state,
 )
 from roi_consistency.config import GROUP_OF, PRESETS, TrainConfig
 from roi_consistency.data import ImageCSVDataset, SeededSampler, normal_mean_image
 from roi_consistency.errors import UserError
+from roi_consistency.lock import RunLock
 from roi_consistency.loop import LoopSettings, Position, make_loader, make_scheduler
 from roi_consistency.losses import TERMS
 from roi_consistency.model import MASK_NETS, ROIModel, build_model, mask_net_name
@@ -160,6 +165,8 @@ def build_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
     for ds in (train, val):
         if ds is not None and not ds.has_labels:
             raise UserError(f"{ds.csv_path}: training and validation CSVs need a labels column (image,labels)")
+        if ds is not None:
+            ds.drop_bad(d.skip_bad_images, progress=rt.main)
     sampler = SeededSampler(len(train), rt.world, rt.rank, shuffle=True, seed=cfg.optim.seed)
     bs, workers = cfg.optim.batch_size, cfg.run.workers
     val_loader = make_loader(val, SeededSampler(len(val), rt.world, rt.rank, shuffle=False), bs * 2, workers,
@@ -180,9 +187,7 @@ def init_model(cfg: TrainConfig, rt: Runtime, data: TrainData, ckpt: dict | None
     elif cfg.method.fill == "normal":
         model.set_fill(fill_from_weights(cfg.model.weights))  # a classifier of ours keeps the fill it learnt with
         if model.fill_image is None:  # every rank computes the same image
-            plain = ImageCSVDataset(cfg.data.train_csv, cfg.data.image_root, cfg.model.img_size, cfg.data.classes,
-                                    cache=data.train.cache)
-            model.set_fill(normal_mean_image(plain, workers=min(cfg.run.workers, 8)))
+            model.set_fill(normal_mean_image(data.train.plain(), workers=min(cfg.run.workers, 8)))
     return model.to(rt.device, memory_format=torch.channels_last)
 
 
@@ -190,7 +195,7 @@ def fill_from_weights(path: str | None) -> torch.Tensor | None:
     """The fill image stored in a checkpoint of this tool given as --weights (None otherwise)."""
     if not path:
         return None
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = safe_load(Path(path), "--weights")
     return ck.get("fill_image") if isinstance(ck, dict) else None
 
 
@@ -208,8 +213,8 @@ class RunState:
         return sum(p.step for p in self.progress.values())
 
     @classmethod
-    def from_checkpoint(cls, ck: dict) -> "RunState":
-        progress = {s: Position(**p, rng=ck["rng"]) for s, p in ck["progress"].items()}
+    def from_checkpoint(cls, ck: dict, rng: dict) -> "RunState":
+        progress = {s: Position(**p, rng=rng) for s, p in ck["progress"].items()}
         return cls(ck["stage"], progress, dict(ck["optim"]), list(ck["history"]), ck["best"])
 
     def restart(self, stage: str) -> None:
@@ -289,8 +294,23 @@ class Session:
     tb: object = None
 
     def save(self, pos: Position, path: str | None = None) -> None:
+        """A checkpoint of the current position (called on every rank: each contributes its RNG state)."""
+        rngs = [pos.rng]
+        if self.rt.ddp:
+            rngs = [None] * self.rt.world
+            dist.all_gather_object(rngs, pos.rng)
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never save a poisoned model
+            raise UserError(f"the weights are no longer finite at step {self.state.step}: stopped without saving; "
+                            f"{self.cfg.run.save} is from before. Lower --lr, or check the data")
         if self.rt.main:
-            save_checkpoint(checkpoint(self.model, self.cfg, self.state, pos), path or self.cfg.run.save)
+            save_checkpoint({**checkpoint(self.model, self.cfg, self.state, pos), "rng_per_rank": rngs},
+                            path or self.cfg.run.save)
+
+
+def rank_rng(ckpt: dict, rt: Runtime) -> dict:
+    """This rank's RNG state at the checkpoint (rank 0's for a checkpoint of another world size)."""
+    per_rank = ckpt.get("rng_per_rank")
+    return per_rank[rt.rank] if per_rank and len(per_rank) == rt.world else ckpt["rng"]
 
 
 def run_stage(s: Session, name: str, epochs: int) -> dict:
@@ -373,6 +393,11 @@ def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     names the settings set on the command line (None: those that differ from the defaults).
     Returns the last stage's validation metrics, the global step, the checkpoint paths and the model."""
     cfg, rt, ckpt = start(cfg, given)
+    with RunLock(cfg.run.save) if rt.main else contextlib.nullcontext():  # one run per checkpoint path
+        return train_run(cfg, rt, ckpt)
+
+
+def train_run(cfg: TrainConfig, rt: Runtime, ckpt: dict | None) -> dict:
     data = build_data(cfg, rt)
     if rt.main:
         print(f"train: {len(data.train)} images ({cfg.data.train_csv}); val: {len(data.val) if data.val else 0} "
@@ -380,9 +405,9 @@ def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
               f"{', '.join(f'{n} {e} epoch(s)' for n, e in cfg.stages() if e)}, device {rt.device}, "
               f"{rt.world} process(es)")
     model = init_model(cfg, rt, data, ckpt)
-    state = RunState.from_checkpoint(ckpt) if ckpt else RunState()
+    state = RunState.from_checkpoint(ckpt, rank_rng(ckpt, rt)) if ckpt else RunState()
     if ckpt:
-        set_rng_state(ckpt["rng"])
+        set_rng_state(rank_rng(ckpt, rt))
         if rt.main:
             print(f"resumed from {cfg.run.resume}: {state.stage} stage, step {state.step}")
     planned = [(n, e) for n, e in cfg.stages() if e > 0]
@@ -398,7 +423,8 @@ def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
         print(f"checkpoint: {cfg.run.save}")
     last = results[-1] if results else {"metrics": {}}
     return {"metrics": last["metrics"], "stages": {n: p.as_dict() for n, p in state.progress.items()},
-            "step": state.step, "checkpoint": cfg.run.save, "best": str(best_path(cfg.run.save)), "model": model}
+            "step": state.step, "checkpoint": cfg.run.save, "best": str(best_path(cfg.run.save)), "model": model,
+            "signal": s.stop.signum if s.stop is not None else None}
 
 
 def run_stages(s: Session, planned: list[tuple[str, int]]) -> list[dict]:
