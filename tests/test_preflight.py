@@ -139,3 +139,60 @@ def test_a_bad_image_in_a_loader_worker_is_one_line(phantom64, tmp_path):
     run = subprocess.run([sys.executable, "-m", "roi_consistency", "infer", "--checkpoint", str(tmp_path / "no.pt"),
                           "--csv", "x.csv"], capture_output=True, text=True)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
+
+
+def corrupt(path: Path) -> None:
+    """Garble a PNG's pixel data but keep its header and end: it passes the pre-flight check, and fails
+    only when it is decoded."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"IDAT") + 20
+    data[at:at + 40] = bytes(b ^ 0xFF for b in data[at:at + 40])
+    path.unlink()  # the fixture's images are copies, but never write through a link
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def corrupted(phantom64, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(phantom64["images"], images)
+    name = open(phantom64["val"]).read().splitlines()[5].split(",")[0]
+    return {"images": images, "csv": phantom64["val"], "name": name}
+
+
+def test_an_image_that_breaks_mid_run_stops_it_cleanly_or_is_skipped(corrupted, tmp_path):
+    save, env = tmp_path / "ck.pt", dict(__import__("os").environ, PYTHONPATH=str(ROOT / "src"))
+
+    def train(*extra):
+        return subprocess.run([sys.executable, "-m", "roi_consistency",
+                               *train_args(corrupted["csv"], corrupted["images"], save, "--workers", "1", *extra)],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert train("--mask-epochs", "0").returncode == 0
+    before = save.read_bytes()
+    corrupt(corrupted["images"] / corrupted["name"])
+    run = train("--mask-epochs", "0", "--resume", "--epochs", "2")  # the bad image is read in epoch 2
+    errors = [ln for ln in error_lines(run.stderr) if "%|" not in ln]
+    assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
+    assert corrupted["name"] in errors[0] and "could not be decoded" in errors[0]
+    assert save.read_bytes() == before  # the last checkpoint is intact
+    run = train("--mask-epochs", "0", "--resume", "--epochs", "2", "--skip-bad-images")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"skipping bad image {corrupted['name']}" in run.stderr
+    assert torch.load(save, weights_only=True)["progress"]["classifier"]["epoch"] == 2
+
+
+def test_infer_and_evaluate_leave_out_an_image_that_breaks_mid_run(corrupted, trained64, tmp_path):
+    from roi_consistency.evaluate import evaluate_checkpoint
+    from roi_consistency.infer import infer_csv
+    corrupt(corrupted["images"] / corrupted["name"])
+    n = sum(1 for _ in open(corrupted["csv"])) - 1
+    preds = infer_csv(str(trained64), str(corrupted["csv"]), str(corrupted["images"]), str(tmp_path / "p.json"),
+                      workers=0, progress=False, skip_bad=True)
+    assert preds["skipped_images"] == [corrupted["name"]] and len(preds["predictions"]) == n - 1
+    assert corrupted["name"] not in {p["image"] for p in preds["predictions"]}
+    m = evaluate_checkpoint(str(trained64), str(corrupted["csv"]), str(corrupted["images"]), out_dir=str(tmp_path),
+                            keep_ratios=(0.1,), n_examples=0, workers=0, progress=False, skip_bad_images=True)
+    assert m["skipped_images"] == [corrupted["name"]] and m["n_images"] == n - 1
+    assert m["mean_auroc"]["full"] is not None and m["faithfulness"]["learned"]["comprehensiveness"]["0.1"] is not None
+    with pytest.raises(UserError, match=f"{corrupted['name']} could not be decoded"):
+        infer_csv(str(trained64), str(corrupted["csv"]), str(corrupted["images"]), str(tmp_path / "q.json"),
+                  workers=0, progress=False)

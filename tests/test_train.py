@@ -245,6 +245,31 @@ def test_sigterm_saves_exits_143_and_resume_finishes_the_run(phantom64, tmp_path
     assert {s: p["epoch"] for s, p in ck["progress"].items()} == {"classifier": 2, "mask": 1}
 
 
+def test_under_torchrun_a_sigterm_to_one_rank_stops_every_rank_at_the_same_step(phantom64, tmp_path):
+    """A scheduler may signal the ranks at different moments; they agree to stop at one step, rank 0
+    writes that step, and --resume then finishes the run."""
+    args = small_args(phantom64, tmp_path / "ck.pt", "--train_csv", str(phantom64["val"]), "--batch_size", "8",
+                      "--save-every", "1", "--epochs", "20", "--mask-epochs", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), *args]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "ck.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (tmp_path / "ck.pt").exists(), "no checkpoint appeared"
+    os.kill(int((tmp_path / "pid1").read_text()), signal.SIGTERM)  # rank 1 only
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["signal"] == signal.SIGTERM and r1["signal"] == signal.SIGTERM  # rank 0 stopped too
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    assert r0["step"] == r1["step"] == ck["step"] and ck["progress"]["classifier"]["epoch"] < 20
+    run = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    assert {s: p["epoch"] for s, p in ck["progress"].items()} == {"classifier": 20, "mask": 1}
+
+
 def _env():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tqdm import tqdm
+
 from roi_consistency import __version__
 from roi_consistency.config import GROUP_OF, MODES, PRESETS, TrainConfig, config
 from roi_consistency.errors import UserError
@@ -338,10 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except UserError as exc:
-        print(f"roi-consistency {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        tqdm.write(f"roi-consistency {args.command}: error: {user_message(exc)}", file=sys.stderr)  # off any bar
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"roi-consistency {args.command}: interrupted", file=sys.stderr)
+        tqdm.write(f"roi-consistency {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def decode_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, 
             return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0), src
     except FileNotFoundError:
         raise UserError(f"image {path} not found (check --image-root)") from None
-    except OSError as exc:
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports a broken PNG chunk as a SyntaxError
         raise UserError(f"image {path} could not be decoded ({exc})") from None
 
 
@@ -140,6 +141,17 @@ def augment_batch(x: torch.Tensor, u: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) * inside
 
 
+def good_rows(batch, names: list[str], skipped: list[str]):
+    """A scoring batch (x, y, idx) without the items marked bad mid-run (idx < 0), whose names are added
+    to `skipped`."""
+    x, y, idx = batch
+    bad = idx < 0
+    if not bad.any():
+        return x, y, idx
+    skipped += [names[-1 - i] for i in idx[bad].tolist()]
+    return x[~bad], y[~bad], idx[~bad]
+
+
 def to_input(x, device: torch.device, size: int) -> torch.Tensor:
     """A loader batch as model input on `device`, at `size` px, channels-last. Raw cached rows, (uint8 images,
     augmentation parameters), are copied as bytes and resized and augmented there (`augment_batch`)."""
@@ -176,6 +188,9 @@ class ImageCSVDataset(Dataset):
         if raw and cache is None:
             raise ValueError("raw items need a cache")
         self.raw = raw
+        # a bad image read mid-run: stop (default); with skip_bad, leave it out: replaced by the next
+        # image while training (replace_bad), marked for infer and evaluate
+        self.skip_bad, self.replace_bad = False, False
 
     def without(self, names: set[str]) -> "ImageCSVDataset":
         """The same rows but those images (a pre-flight check's bad ones), in place."""
@@ -198,6 +213,7 @@ class ImageCSVDataset(Dataset):
         from roi_consistency.preflight import preflight
         bad = preflight(self.names, self.root, str(self.csv_path), skip_bad, progress)
         self.without(bad)
+        self.skip_bad = skip_bad
         return sorted(bad)
 
     def __len__(self) -> int:
@@ -205,6 +221,12 @@ class ImageCSVDataset(Dataset):
 
     def __getitem__(self, item):
         i, seed = item if isinstance(item, tuple) else (item, None)
+        try:
+            return self._item(i, seed)
+        except UserError as exc:  # a file that passed the pre-flight check but does not decode
+            return self._bad(i, seed, exc)
+
+    def _item(self, i: int, seed):
         if self.raw:
             u = aug_params(seed) if self.augment and seed is not None else [math.nan] * 5
             return (self.cache.get(self.names[i]), torch.tensor(u)), torch.from_numpy(self.labels[i]), i
@@ -217,6 +239,23 @@ class ImageCSVDataset(Dataset):
         if self.augment and seed is not None:
             img = augment(img, seed)
         return img.float().div_(255.0), torch.from_numpy(self.labels[i]), i
+
+    def _bad(self, i: int, seed, exc: UserError):
+        """A bad image read mid-run: raise (by default), or with skip_bad log its name and either mark the
+        item (index -1 - i, for infer and evaluate to leave out) or, for training, use the next good image
+        in its place, so every batch keeps its size and DDP ranks stay in step."""
+        if not self.skip_bad:
+            raise exc
+        print(f"warning: skipping bad image {self.names[i]} ({exc}) (--skip-bad-images)", file=sys.stderr)
+        if not self.replace_bad:
+            return torch.zeros(1, self.size, self.size), torch.from_numpy(self.labels[i]), -1 - i
+        for step in range(1, 11):
+            try:
+                return self._item((i + step) % len(self.names), seed)
+            except UserError as again:
+                print(f"warning: skipping bad image {self.names[(i + step) % len(self.names)]} ({again})",
+                      file=sys.stderr)
+        raise UserError(f"{self.csv_path}: 10 bad images in a row after {self.names[i]}; fix or remove them")
 
 
 class SeededSampler(Sampler):

@@ -35,7 +35,7 @@ from roi_consistency.atomic import write_json
 from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import load_trained
 from roi_consistency.config import FILLS
-from roi_consistency.data import ImageCSVDataset
+from roi_consistency.data import ImageCSVDataset, good_rows
 from roi_consistency.errors import UserError
 from roi_consistency.explainers import Pairs, default_explainers
 from roi_consistency.labels import LabelError, canonical
@@ -120,6 +120,23 @@ class Tally:
         self.box_pooled: dict[int, np.ndarray] = {}  # the union of an image's boxes: the leakage reference
         self.box_probs: list[tuple[str, float, float, float, float]] = []  # finding, p_full, p_drop, p_crop, area
         self.examples: list[dict] = []
+        self.valid = np.zeros(n, bool)  # the rows scored (an image skipped mid-run is not)
+        self.skipped: list[str] = []
+
+    def drop_unscored(self) -> np.ndarray:
+        """Keep only the rows that were scored (renumbered); returns their rows in the test set."""
+        rows = np.flatnonzero(self.valid)
+        if len(rows) < len(self.valid):
+            new = {int(r): k for k, r in enumerate(rows)}
+            self.p_full = self.p_full[rows]
+            for d in (self.crop, self.drop):
+                for k in d:
+                    d[k] = {r: v[rows] for r, v in d[k].items()}
+            for d in (self.crop_img, self.drop_img, self.pooled):
+                for k in d:
+                    d[k] = d[k][rows]
+            self.box_pooled = {new[r]: v for r, v in self.box_pooled.items()}
+        return rows
 
 
 @torch.no_grad()
@@ -251,8 +268,12 @@ def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers
     t = Tally(len(ds), ds.classes, [e.name for e in explainers], ratios)
     gen = torch.Generator().manual_seed(opt.seed + 2)
     loader = DataLoader(ds, batch_size=opt.batch_size, num_workers=opt.workers, pin_memory=device.type == "cuda")
-    for x, _, idx in tqdm(loader, desc="evaluate", unit="batch", disable=not opt.progress):
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not opt.progress):
+        x, _, idx = good_rows(batch, ds.names, t.skipped)
+        if not len(idx):
+            continue
         idx = idx.numpy()
+        t.valid[idx] = True
         evaluate_batch(t, model, explainers, x.to(device), idx, ds.labels[idx], [ds.names[i] for i in idx],
                        boxes, r0, opt.n_examples, gen)
     return t
@@ -332,10 +353,11 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     boxes = model_boxes(ds, bbox, classes, size)
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
     t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev)
-    result = {**summarize(t, ds.labels, cfg, checkpoint, bbox is not None, opt.seed), "skipped_images": skipped}
+    y = ds.labels[t.drop_unscored()]
+    result = {**summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed),
+              "skipped_images": sorted(skipped + t.skipped)}
     out = Path(out_dir)
     write_json(out / "metrics.json", result)
     from roi_consistency.report import write_report
-    write_report(out / "report.html", result, M.roc_curves(ds.labels, t.p_full, classes, result["auroc"]["full"]),
-                 t.examples)
+    write_report(out / "report.html", result, M.roc_curves(y, t.p_full, classes, result["auroc"]["full"]), t.examples)
     return result

@@ -21,7 +21,7 @@ from roi_consistency.atomic import write_json, write_png
 from roi_consistency.cache import ImageCache
 from roi_consistency.checkpoint import load_trained
 from roi_consistency.config import FILLS
-from roi_consistency.data import ImageCSVDataset, load_image
+from roi_consistency.data import ImageCSVDataset, good_rows, load_image
 from roi_consistency.errors import UserError
 from roi_consistency.model import Explanation, ROIModel, random_mask_logits, topk_mask
 from roi_consistency.preflight import image_problem
@@ -95,7 +95,11 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     preds, written = [], 0
     with tqdm(total=len(ds), desc="infer", unit="img", disable=not progress) as bar:
-        for x, y, idx in loader:
+        for batch in loader:
+            bar.update(len(batch[2]))
+            x, y, idx = good_rows(batch, ds.names, skipped)
+            if not len(idx):
+                continue
             s = score(model, x.to(dev), r, cfg.method.mode == "random_mask")
             for j, i in enumerate(idx.tolist()):
                 labels = [c for c, v in zip(classes, y[j].tolist()) if v > 0.5] if ds.has_labels else None
@@ -103,7 +107,6 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
                 if vis_dir and written < vis_limit:
                     write_vis(vis_dir, ds.names[i], model, s, j)
                     written += 1
-            bar.update(len(idx))
     result = {**_header(checkpoint, cfg, r, preds), "skipped_images": skipped}
     write_json(out, result)
     return result

@@ -87,9 +87,12 @@ def should_stop(pos: Position, loop: LoopSettings) -> bool:
         return loop.stop.set
     if pos.step % loop.log_every:
         return False
-    flag = torch.tensor([float(loop.stop.set)], device=loop.rt.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    signum = torch.tensor([float(loop.stop.signum or 0)], device=loop.rt.device)
+    dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+    agreed = int(signum.item())  # the reduced value, never the local flag, which a signal may set meanwhile
+    if agreed and not loop.stop.set:  # another rank was signalled: stop, and exit, as it does
+        loop.stop.set, loop.stop.signum = True, agreed
+    return bool(agreed)
 
 
 MAX_NONFINITE = 3  # losses in a row that stop a run

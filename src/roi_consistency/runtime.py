@@ -4,6 +4,8 @@ Training, `infer` and `evaluate` all pick their device here, so `--device` means
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -69,6 +71,26 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     the main process should act on them (finish the step it is on and write a checkpoint)."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def workers_reaped_on_error():
+    """A run that fails leaves its loader workers waiting, and they ignore the SIGTERM that torch (and, at
+    exit, multiprocessing) use to end them (ignore_stop_signals), so exit would wait forever: kill the
+    workers this block started."""
+    before = set(multiprocessing.active_children())
+    try:
+        yield
+    except BaseException:
+        if sys.platform != "win32":
+            # torch's SIGCHLD handler would report the kill as a worker failure, raising mid-cleanup
+            old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for p in set(multiprocessing.active_children()) - before:
+                if p.daemon:
+                    p.kill()
+                    p.join()
+            signal.signal(signal.SIGCHLD, old if old is not None else signal.SIG_DFL)
+        raise
 
 
 class StopFlag:

@@ -48,7 +48,7 @@ from roi_consistency.lock import RunLock
 from roi_consistency.loop import LoopSettings, Position, make_loader, make_scheduler
 from roi_consistency.losses import TERMS
 from roi_consistency.model import MASK_NETS, ROIModel, build_model, mask_net_name
-from roi_consistency.runtime import Runtime, StopFlag, setup_runtime
+from roi_consistency.runtime import Runtime, StopFlag, setup_runtime, workers_reaped_on_error
 
 STAGES = {"classifier": classifier_stage, "mask": mask_stage, "joint": reference}
 # Which validation figure makes an epoch of the final stage the best one, and whether higher is better: the
@@ -167,6 +167,7 @@ def build_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
             raise UserError(f"{ds.csv_path}: training and validation CSVs need a labels column (image,labels)")
         if ds is not None:
             ds.drop_bad(d.skip_bad_images, progress=rt.main)
+            ds.replace_bad = True
     sampler = SeededSampler(len(train), rt.world, rt.rank, shuffle=True, seed=cfg.optim.seed)
     bs, workers = cfg.optim.batch_size, cfg.run.workers
     val_loader = make_loader(val, SeededSampler(len(val), rt.world, rt.rank, shuffle=False), bs * 2, workers,
@@ -393,8 +394,8 @@ def fit(cfg: TrainConfig, given: set[str] | None = None) -> dict:
     names the settings set on the command line (None: those that differ from the defaults).
     Returns the last stage's validation metrics, the global step, the checkpoint paths and the model."""
     cfg, rt, ckpt = start(cfg, given)
-    with RunLock(cfg.run.save) if rt.main else contextlib.nullcontext():  # one run per checkpoint path
-        return train_run(cfg, rt, ckpt)
+    with RunLock(cfg.run.save) if rt.main else contextlib.nullcontext(), workers_reaped_on_error():
+        return train_run(cfg, rt, ckpt)  # one run per checkpoint path: the lock
 
 
 def train_run(cfg: TrainConfig, rt: Runtime, ckpt: dict | None) -> dict:
