@@ -8,7 +8,10 @@
    and for training batches, resize + augmentation per image in the workers vs per batch on the device.
 2. Training step: samples/s, fused [full; crop; drop] call vs three calls, channels-last on/off,
    torch.compile on/off; the variants take turns over three rounds and the median counts.
-3. Peak memory: process RSS, and CUDA max allocated where there is a GPU.
+3. ROAD imputation: images/s at batch 16, 160-px films, blob regions like the random map's, the most
+   relevant 10 % removed (MoRF) and only it kept (LeRF): pytorch-grad-cam's per-image sparse solve vs
+   ours, batched on the device. road_speedup_vs_gradcam is the mean of the two orders' ratios.
+4. Peak memory: process RSS, and CUDA max allocated where there is a GPU.
 """
 from __future__ import annotations
 
@@ -159,6 +162,51 @@ def bench_steps(configs, steps: int, device: torch.device, compile_: bool, repea
     return rows
 
 
+def bench_road(n: int, size: int, device: torch.device, batch: int = 16) -> dict:
+    """ROAD's imputation on `n` images, per image with pytorch-grad-cam vs batched with ours."""
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    from roi_consistency.model import random_mask_logits, topk_mask
+    from roi_consistency.road import impute
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(n, 1, size // 8, size // 8, generator=g), size=(size, size),
+                                             mode="bilinear")
+    x = (0.8 * smooth + 0.2 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
+    top = topk_mask(random_mask_logits(x.shape, "cpu", g), 0.1)
+    imputer, out = NoisyLinearImputer(), {"images": n, "size": size, "batch": batch, "ratio": 0.1}
+    for order, keep in (("morf", 1 - top), ("lerf", top)):
+        t = time.perf_counter()
+        for i in range(n):
+            imputer(x[i], keep[i, 0])
+        ref = n / (time.perf_counter() - t)
+        xd, kd = x.to(device), keep.to(device)
+        impute(xd[:batch], kd[:batch])  # warm-up
+        sync(device)
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            impute(xd[i:i + batch], kd[i:i + batch])
+        sync(device)
+        ours = n / (time.perf_counter() - t)
+        out[order] = {"gradcam_images_per_s": ref, "ours_images_per_s": ours, "speedup": ours / ref}
+    out["road_speedup_vs_gradcam"] = (out["morf"]["speedup"] + out["lerf"]["speedup"]) / 2
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def print_road(r: dict, device: torch.device) -> None:
+    print(f"\nROAD imputation, {r['images']} films of {r['size']}px, batch {r['batch']}, "
+          f"r = {r['ratio']} ({device.type})")
+    for order in ("morf", "lerf"):
+        o = r[order]
+        print(f"  {order.upper():5s} pytorch-grad-cam {o['gradcam_images_per_s']:8.1f} img/s   ours "
+              f"{o['ours_images_per_s']:8.1f} img/s   ({o['speedup']:.1f}x)")
+    print(f"road_speedup_vs_gradcam {r['road_speedup_vs_gradcam']:.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke size: seconds, for CI")
@@ -182,6 +230,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out["loader"] = bench_loader(Path(tmp), *loader_args, workers=a.workers, device=device)
     out["steps"] = bench_steps(configs, steps, device, a.compile, repeats=1 if a.quick else 3)
+    out["road"] = bench_road(16 if a.quick else 64, 160, device)
+    out["road_speedup_vs_gradcam"] = out["road"]["road_speedup_vs_gradcam"]
     fused = [r for r in out["steps"] if r["passes"] == "fused" and r["channels_last"] and not r["compile"]]
     sep = [r for r in out["steps"] if r["passes"] == "separate"]
     out["fused_speedup_vs_three_calls"] = min(f["samples_per_s"] / s["samples_per_s"] for f, s in zip(fused, sep))
@@ -207,6 +257,7 @@ def main() -> None:
               f"{str(r['compile']):>7s} {r['samples_per_s']:10.1f}")
     print(f"\nfused_speedup_vs_three_calls {out['fused_speedup_vs_three_calls']:.2f}  "
           f"loader_speedup_cache_vs_png {out['loader_speedup_cache_vs_png']:.1f}")
+    print_road(out["road"], device)
     print(f"peak RSS {out['peak_rss_mb']:.0f} MB" + (f", CUDA max allocated {out['cuda_max_allocated_mb']:.0f} MB"
                                                      if "cuda_max_allocated_mb" in out else ""))
     if a.json:

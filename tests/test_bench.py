@@ -17,3 +17,5 @@ def test_bench_quick_runs_and_reports_ratios(tmp_path):
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["loader_speedup_cache_vs_png"] > 0 and figures["fused_speedup_vs_three_calls"] > 0
     assert {r["passes"] for r in figures["steps"]} == {"fused", "separate"}
+    assert "ROAD imputation" in run.stdout and figures["road_speedup_vs_gradcam"] > 0
+    assert {o: figures["road"][o]["speedup"] > 0 for o in ("morf", "lerf")} == {"morf": True, "lerf": True}

@@ -162,8 +162,16 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
     assert m["localization"]["random"]["pointing_game"] < 0.5
     oracle, rand = (m["faithfulness"][k]["comprehensiveness"]["0.1"] for k in ("boxes", "random"))
     assert oracle > 0.5 and oracle > rand + 0.3, (oracle, rand)
+    road = {k: {o: m["road"][k][o]["0.1"] for o in ("morf", "lerf")} for k in ("boxes", "random")}
+    assert road["boxes"]["morf"] > road["random"]["morf"] + 0.3, road  # imputed from its neighbours, the patch is gone
+    assert road["boxes"]["lerf"] < road["random"]["lerf"] - 0.1, road
+    u = m["uncertainty"]["maps"]
+    assert u["boxes"]["pointing_game"] == {"mean": 1.0, "ci95": [1.0, 1.0]}  # a constant's interval is a point
+    lo, hi = u["random"]["comprehensiveness"]["ci95"]
+    assert lo <= rand <= hi and lo < hi and u["random"]["comprehensiveness"]["mean"] == pytest.approx(rand)
+    assert u["boxes"]["road_morf"]["ci95"][0] > u["random"]["road_morf"]["ci95"][1]  # apart, beyond the noise
     # one more explainer is one more entry in every pass
-    for key in ("faithfulness", "kept_fraction", "leakage"):
+    for key in ("faithfulness", "road", "kept_fraction", "leakage"):
         assert set(m[key]) == {"boxes", "random"}, key
     assert set(t.examples[0]["maps"]) == {"boxes", "random"}
 
@@ -194,12 +202,19 @@ def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phan
     from roi_consistency import cli
     cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
               str(phantom64["images"]), "--bbox", str(phantom64["data"] / "BBox_List_2017.csv"), "--out-dir",
-              str(tmp_path), "--keep-ratios", "0.1", "--examples", "1", "--workers", "0"])
+              str(tmp_path), "--keep-ratios", "0.1", "--road-ratios", "0.05", "--examples", "1", "--workers", "0"])
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert f"evaluate: {saved['n_images']} images" in out and "gradcam" in out and "pointing" in out
+    assert "ROAD MoRF" in out and "95% CI" in out
+    assert saved["road_ratios"] == [0.05, 0.1] and set(saved["road"]["learned"]["morf"]) == {"0.05", "0.1"}
+    assert saved["keep_ratios"] == [0.05, 0.1]  # a ROAD ratio is scored with the fill too
     assert f"{tmp_path}/report.html" in out and (tmp_path / "report.html").is_file()
     with pytest.raises(SystemExit) as stop:
         cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
                   str(phantom64["images"]), "--keep-ratios", "0.1,2"])
     assert stop.value.code == 2 and "--keep-ratios 0.1,2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
+                  str(phantom64["images"]), "--road-ratios", "half"])
+    assert stop.value.code == 2 and "--road-ratios half: expected numbers" in capsys.readouterr().err

@@ -67,3 +67,35 @@ def test_mask_leakage_detects_a_mask_that_encodes_the_label():
     assert M.mask_leakage(leaky, y, ["a", "b"])["per_class"]["a"] > 0.95
     honest = M.mask_leakage(noise, y, ["a", "b"])
     assert honest["per_class"]["b"] is None and abs(honest["mean_auroc"] - 0.5) < 0.2
+
+
+def test_bootstrap_intervals_resample_images_and_are_seeded():
+    rng = np.random.default_rng(0)
+    counts = M.resample_counts(60, n=500, seed=1)
+    assert counts.shape == (500, 60) and (counts.sum(1) == 60).all()
+    assert np.array_equal(counts, M.resample_counts(60, n=500, seed=1))
+    img = rng.integers(0, 60, 200)
+    assert M.mean_ci(np.full(200, 0.25), img, counts)["ci95"] == pytest.approx([0.25, 0.25])  # a point
+    v = rng.random(200)
+    ci = M.mean_ci(v, img, counts)
+    assert ci["ci95"][0] < v.mean() < ci["ci95"][1] and ci["ci95"][1] - ci["ci95"][0] > 0.05
+    same_image = M.mean_ci(np.repeat(v[:60], 4), np.repeat(np.arange(60), 4), counts)  # 4 units per image
+    once = M.mean_ci(v[:60], np.arange(60), counts)
+    assert same_image["ci95"] == pytest.approx(once["ci95"])  # units of one image move together: no extra certainty
+    shifted = M.paired_test(v + 0.1, v, img, counts)
+    assert shifted["difference"] == pytest.approx(0.1) and shifted["p"] == 0.0
+    noise = M.paired_test(v + rng.normal(0, 0.2, 200) * rng.choice([-1, 1], 200), v, img, counts)
+    assert noise["p"] > 0.05 and noise["ci95"][0] < 0 < noise["ci95"][1]
+
+
+def test_the_resampled_auroc_is_sklearns_weighted_auroc():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(2)
+    y = rng.random((80, 3)) < 0.3
+    p = np.round(y * 0.4 + rng.random((80, 3)), 1)  # rounded: many ties
+    counts = M.resample_counts(80, n=20, seed=0)
+    got = M._resampled_auroc(y[:, 1], p[:, 1], counts)
+    for w, a in zip(counts, got):
+        assert a == pytest.approx(roc_auc_score(y[w > 0, 1], p[w > 0, 1], sample_weight=w[w > 0]))
+    lo, hi = M.mean_auroc_ci(y.astype(float), p, M.resample_counts(80, seed=0))
+    assert lo < M.mean_auroc(M.per_class_auroc(y, p, ["a", "b", "c"])) < hi

@@ -20,6 +20,15 @@ def _metrics(localization=True):
     faith = {name: {"comprehensiveness": {k: base * float(k) ** 0.3 for k in RATIOS},
                     "sufficiency": {k: 0.3 - base * float(k) for k in RATIOS}}
              for name, base in (("learned", 0.41234), ("gradcam", 0.3), ("random", 0.05))}
+    road = {name: {"morf": {k: base * float(k) ** 0.5 for k in RATIOS},
+                   "lerf": {k: 0.4 - base * float(k) for k in RATIOS}}
+            for name, base in (("learned", 0.31234), ("gradcam", 0.2), ("random", 0.04))}
+    unc = {"n_resamples": 1000, "seed": 0, "level": 0.95, "mean_auroc_full": [0.8411, 0.8833],
+           "maps": {name: {"comprehensiveness": {"mean": faith[name]["comprehensiveness"]["0.1"],
+                                                 "ci95": [faith[name]["comprehensiveness"]["0.1"] - 0.04, 0.4567]},
+                           "pointing_game": {"mean": pg, "ci95": [pg - 0.1, min(1.0, pg + 0.1)]}}
+                    for name, pg in (("learned", 0.714), ("gradcam", 0.571), ("random", 0.143))},
+           "learned_vs_gradcam": {"comprehensiveness": {"difference": 0.0612, "ci95": [0.0312, 0.0911], "p": 0.002}}}
     loc = {"n_boxes": 7, **{name: {"pointing_game": pg, "iobb_acc": {"0.1": 0.8, "0.25": 0.6, "0.5": 0.3},
                                    "pointing_by_class": {"Mass": pg, "Nodule <b>": pg / 2}}
                             for name, pg in (("learned", 0.714), ("gradcam", 0.571), ("random", 0.143))}}
@@ -38,7 +47,7 @@ def _metrics(localization=True):
             "mean_auroc": {"full": 0.8623, "crop": {"learned": 0.75, "gradcam": 0.7, "random": 0.5},
                            "drop": {"learned": 0.5512, "gradcam": 0.6, "random": 0.8}},
             "kept_fraction": {"learned": 0.1, "gradcam": 0.1, "random": 0.1},
-            "faithfulness": faith, "localization": loc if localization else None,
+            "faithfulness": faith, "road": road, "uncertainty": unc, "localization": loc if localization else None,
             "box_control": box_control if localization else None, "leakage": leak,
             "leakage_boxed": boxed if localization else None}
 
@@ -96,7 +105,10 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "evil&lt;script&gt;.png" in text
     assert "runs/x/&lt;best&gt;.pt" in text
     assert "Hernia" in text.split("Left out", 1)[1].split("</p>", 1)[0]  # all-null class is listed as left out
-    assert text.count("<img ") == 1 + 1 + 2  # ROC, faithfulness, two example rows
+    assert text.count("<img ") == 1 + 1 + 2 + 2  # intervals, ROC, faithfulness with the fill and ROAD, 2 examples
+    assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text
+    assert "+0.061" in text and "[0.031, 0.091]" in text and "p = 0.002" in text  # learned vs Grad-CAM, paired
+    assert f"{0.31234 * 0.1 ** 0.5:.3f}" in text and "ROAD MoRF@0.1" in text  # learned ROAD MoRF at r = 0.1
     assert full.stat().st_size < 1_000_000
 
 
@@ -143,7 +155,7 @@ def test_report_renders_in_chromium(reports, which):
     exe = _chromium_or_skip()
     problems, widths, body = _render(exe, reports[which])
     assert not problems, problems
-    assert len(widths) == 4 and all(w > 0 for w in widths), widths
+    assert len(widths) == 6 and all(w > 0 for w in widths), widths
     for heading in HEADINGS:
         assert heading in body
     assert "n/a" in body  # the missing crop probability of the second example

@@ -148,17 +148,22 @@ def _infer(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from roi_consistency.evaluate import evaluate_checkpoint
     from roi_consistency.report import format_summary
-    try:
-        ratios = [float(v) for v in a.keep_ratios.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--keep-ratios {a.keep_ratios}: expected numbers separated by commas") from None
-    if not ratios or not all(0 < r < 1 for r in ratios):
-        raise UserError(f"--keep-ratios {a.keep_ratios}: each ratio must be between 0 and 1")
-    m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, keep_ratios=ratios,
+    ratios, road = _ratios("--keep-ratios", a.keep_ratios), _ratios("--road-ratios", a.road_ratios)
+    m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, keep_ratios=ratios, road_ratios=road,
                             batch_size=a.batch_size, device=a.device, n_examples=a.examples, seed=a.seed,
                             workers=a.workers, cache=a.cache, skip_bad_images=a.skip_bad_images)
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
+
+
+def _ratios(flag: str, text: str) -> list[float]:
+    try:
+        ratios = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected numbers separated by commas") from None
+    if not ratios or not all(0 < r < 1 for r in ratios):
+        raise UserError(f"{flag} {text}: each ratio must be between 0 and 1")
+    return ratios
 
 
 def _cache(a: argparse.Namespace) -> None:
@@ -282,6 +287,9 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--out-dir", default="eval", help="where metrics.json and report.html go")
     e.add_argument("--keep-ratios", default="0.01,0.05,0.1,0.2,0.5",
                    help="keep ratios for comprehensiveness/sufficiency (the checkpoint's is always added)")
+    e.add_argument("--road-ratios", default="0.05,0.1,0.2",
+                   help="keep ratios also scored with ROAD's imputation (costly: a forward pass per map and ratio; "
+                        "the checkpoint's is always added)")
     e.add_argument("--examples", type=int, default=8, help="example images in the report")
     e.add_argument("--seed", type=int, default=0, help="seed of the random-map control")
     e.set_defaults(func=_evaluate)

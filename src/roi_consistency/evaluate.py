@@ -5,6 +5,8 @@ goes through the same passes over the test set:
 
 - removal, per (image, finding) pair, at every keep ratio: the map's own top-r pixels kept (crop) or
   removed (drop), with the model's fill: comprehensiveness p_full - p_drop and sufficiency p_full - p_crop;
+  and the same with ROAD's imputation (road.py) instead of the fill, which the classifier never saw:
+  MoRF (the top r removed) and LeRF (only the top r kept);
 - per image, at the model's ratio, the map of the most probable class (as `infer` applies the learned
   one): AUROC of crop and drop, the kept fraction, and leakage (can the labels be read off the mask?);
 - localisation, per ground-truth box: pointing game and IoBB, per finding;
@@ -40,6 +42,7 @@ from roi_consistency.errors import UserError
 from roi_consistency.explainers import Pairs, default_explainers
 from roi_consistency.labels import LabelError, canonical
 from roi_consistency.model import ROIModel, topk_mask
+from roi_consistency.road import impute
 from roi_consistency.runtime import pick_device
 
 IOBB_T = ("0.1", "0.25", "0.5")
@@ -49,6 +52,7 @@ POOL = 16  # masks are average-pooled to 16x16 for the leakage check
 @dataclass
 class EvalOptions:
     keep_ratios: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)  # the checkpoint's ratio is always added
+    road_ratios: tuple[float, ...] = (0.05, 0.1, 0.2)  # those also scored with ROAD (a cap: each costs a pass)
     batch_size: int = 16
     device: str = "auto"
     n_examples: int = 8
@@ -105,18 +109,21 @@ def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size:
 class Tally:
     """What the passes collect over the test set, per explainer."""
 
-    def __init__(self, n: int, classes: list[str], names: list[str], ratios: list[float]):
+    def __init__(self, n: int, classes: list[str], names: list[str], ratios: list[float], road_ratios: list[float]):
         c = len(classes)
-        self.classes, self.ratios = classes, ratios
+        self.classes, self.ratios, self.road_ratios = classes, ratios, road_ratios
         self.p_full = np.zeros((n, c), np.float32)
         nan = lambda: np.full((n, c), np.nan, np.float32)  # noqa: E731
         self.crop = {k: {r: nan() for r in ratios} for k in names}
         self.drop = {k: {r: nan() for r in ratios} for k in names}
+        self.road_lerf = {k: {r: nan() for r in road_ratios} for k in names}  # ROAD: only the region kept
+        self.road_morf = {k: {r: nan() for r in road_ratios} for k in names}  # ROAD: the region removed
         self.crop_img, self.drop_img = {k: nan() for k in names}, {k: nan() for k in names}
         self.kept = {k: [] for k in names}
         self.pooled = {k: np.zeros((n, POOL * POOL), np.float32) for k in names}
         self.hits, self.iobb = {k: [] for k in names}, {k: [] for k in names}
         self.loc_class: list[str] = []  # the finding of each box, in the order of the hits
+        self.loc_row: list[int] = []  # the test-set row of each box's image, in the same order
         self.box_pooled: dict[int, np.ndarray] = {}  # the union of an image's boxes: the leakage reference
         self.box_probs: list[tuple[str, float, float, float, float]] = []  # finding, p_full, p_drop, p_crop, area
         self.examples: list[dict] = []
@@ -129,13 +136,14 @@ class Tally:
         if len(rows) < len(self.valid):
             new = {int(r): k for k, r in enumerate(rows)}
             self.p_full = self.p_full[rows]
-            for d in (self.crop, self.drop):
+            for d in (self.crop, self.drop, self.road_lerf, self.road_morf):
                 for k in d:
                     d[k] = {r: v[rows] for r, v in d[k].items()}
             for d in (self.crop_img, self.drop_img, self.pooled):
                 for k in d:
                     d[k] = d[k][rows]
             self.box_pooled = {new[r]: v for r, v in self.box_pooled.items()}
+            self.loc_row = [new[r] for r in self.loc_row]
         return rows
 
 
@@ -143,6 +151,16 @@ class Tally:
 def removal(model: ROIModel, xn: torch.Tensor, m: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities [P,C] with the region m kept alone (crop) and removed (drop), with the model's fill."""
     out = torch.sigmoid(model.backbone(torch.cat(model.crop_drop(xn, m.to(xn.dtype)))).float()).cpu().numpy()
+    return out[: len(xn)], out[len(xn):]
+
+
+@torch.no_grad()
+def road_removal(model: ROIModel, xn: torch.Tensor, m: torch.Tensor, gen: torch.Generator):
+    """Probabilities [P,C] with the region m kept alone (LeRF) and removed (MoRF), the other pixels filled
+    by ROAD's noisy linear imputation instead of the model's fill."""
+    gray = model.to_gray(xn)[:, None]
+    both = torch.cat([impute(gray, m, generator=gen), impute(gray, 1 - m, generator=gen)])
+    out = torch.sigmoid(model.backbone(model.normalize(both)).float()).cpu().numpy()
     return out[: len(xn)], out[len(xn):]
 
 
@@ -161,14 +179,20 @@ def image_pass(t: Tally, model: ROIModel, explainers, xn: torch.Tensor, rows: np
         t.pooled[e.name][rows] = F.adaptive_avg_pool2d(m, POOL).flatten(1).cpu().numpy()
 
 
-def pair_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: dict, ratios: list[float]) -> None:
-    """Removal at every ratio for each pair, scored on the pair's own class."""
+def pair_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: dict, ratios: list[float],
+              road_gen: torch.Generator) -> None:
+    """Removal at every ratio for each pair, with the fill and with ROAD, scored on the pair's own class."""
     cls = pairs.cls.cpu().numpy()
     at = np.arange(len(cls))
     for name, mp in maps.items():
         for r in ratios:
-            c_, d_ = removal(model, pairs.xn, topk_mask(mp, r))
+            m = topk_mask(mp, r)
+            c_, d_ = removal(model, pairs.xn, m)
             t.crop[name][r][rows, cls], t.drop[name][r][rows, cls] = c_[at, cls], d_[at, cls]
+            if r not in t.road_ratios:
+                continue
+            c_, d_ = road_removal(model, pairs.xn, m, road_gen)
+            t.road_lerf[name][r][rows, cls], t.road_morf[name][r][rows, cls] = c_[at, cls], d_[at, cls]
 
 
 def localisation_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, raw: dict, maps: dict,
@@ -189,6 +213,7 @@ def localisation_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray,
     bm = np.stack([M.box_mask((size, size), box) for _, box in items])
     for (k, _), m_ in zip(items, bm):
         t.loc_class.append(t.classes[cls[k]])
+        t.loc_row.append(int(rows[k]))
         union = t.box_pooled.setdefault(int(rows[k]), np.zeros((size, size), bool))
         union |= m_
     ks = np.array([k for k, _ in items])
@@ -213,7 +238,9 @@ def batch_pairs(t: Tally, y: np.ndarray, names: list[str], boxes: dict, xn: torc
 
 
 def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: np.ndarray, y: np.ndarray,
-                   names: list[str], boxes: dict, r0: float, n_examples: int, gen) -> None:
+                   names: list[str], boxes: dict, r0: float, n_examples: int, gens: dict) -> None:
+    """All passes on one batch; gens: the seeded generators of the tie-breaking jitter and of ROAD's noise."""
+    gen = gens["jitter"]
     xn = model.normalize(x)
     with torch.no_grad():
         t.p_full[idx] = torch.sigmoid(model.backbone(xn).float()).cpu().numpy()
@@ -223,7 +250,7 @@ def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: 
         return
     raw = {e.name: e(pairs) for e in explainers}
     maps = {e.name: ranked(raw[e.name], e.ties, gen) for e in explainers}
-    pair_pass(t, model, pairs, idx[pb], maps, t.ratios)
+    pair_pass(t, model, pairs, idx[pb], maps, t.ratios, gens["road"])
     localisation_pass(t, model, pairs, idx[pb], raw, maps, r0)
     for k in first_pair_per_image(pb, pairs, bool(boxes)):
         if len(t.examples) >= n_examples:
@@ -265,8 +292,9 @@ def example(model: ROIModel, xn: torch.Tensor, name: str, classes: list[str], yr
 def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers, ratios: list[float], r0: float,
                    opt: EvalOptions, device: torch.device) -> Tally:
     """Every pass over the test set, batch by batch."""
-    t = Tally(len(ds), ds.classes, [e.name for e in explainers], ratios)
-    gen = torch.Generator().manual_seed(opt.seed + 2)
+    road = sorted(set(float(r) for r in opt.road_ratios) | {r0})
+    t = Tally(len(ds), ds.classes, [e.name for e in explainers], sorted(set(ratios) | set(road)), road)
+    gens = {"jitter": torch.Generator().manual_seed(opt.seed + 2), "road": torch.Generator().manual_seed(opt.seed + 3)}
     loader = DataLoader(ds, batch_size=opt.batch_size, num_workers=opt.workers, pin_memory=device.type == "cuda")
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not opt.progress):
         x, _, idx = good_rows(batch, ds.names, t.skipped)
@@ -275,7 +303,7 @@ def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers
         idx = idx.numpy()
         t.valid[idx] = True
         evaluate_batch(t, model, explainers, x.to(device), idx, ds.labels[idx], [ds.names[i] for i in idx],
-                       boxes, r0, opt.n_examples, gen)
+                       boxes, r0, opt.n_examples, gens)
     return t
 
 
@@ -283,6 +311,13 @@ def faithfulness(t: Tally, y: np.ndarray) -> dict:
     return {k: {"comprehensiveness": {str(r): M.comprehensiveness(t.p_full, t.drop[k][r], y) for r in t.ratios},
                 "sufficiency": {str(r): M.sufficiency(t.p_full, t.crop[k][r], y) for r in t.ratios}}
             for k in t.crop}
+
+
+def road(t: Tally, y: np.ndarray) -> dict:
+    """ROAD's figures, defined as comprehensiveness (MoRF) and sufficiency (LeRF) are, per ratio."""
+    return {k: {"morf": {str(r): M.comprehensiveness(t.p_full, t.road_morf[k][r], y) for r in t.road_ratios},
+                "lerf": {str(r): M.sufficiency(t.p_full, t.road_lerf[k][r], y) for r in t.road_ratios}}
+            for k in t.road_morf}
 
 
 def localization(t: Tally) -> dict:
@@ -319,6 +354,31 @@ def leakage(t: Tally, y: np.ndarray, seed: int) -> tuple[dict, dict | None]:
                         **{k: M.mask_leakage(v, y[rows], t.classes, seed=seed) for k, v in feats.items()}}
 
 
+def uncertainty(t: Tally, y: np.ndarray, r0: float, seed: int) -> dict:
+    """95 % bootstrap intervals of the headline figures, from the same resamples of the test images
+    (seeded), and paired bootstrap tests of the learned map against Grad-CAM."""
+    counts = M.resample_counts(len(y), seed=seed)
+    pi, pc = np.nonzero(y > 0.5)  # the (image, true finding) pairs the removal figures average over
+    boxes = np.array(t.loc_row, np.int64)
+    units = {}
+    for k in t.crop:
+        units[k] = {"comprehensiveness": (t.p_full[pi, pc] - t.drop[k][r0][pi, pc], pi),
+                    "sufficiency": (t.p_full[pi, pc] - t.crop[k][r0][pi, pc], pi),
+                    "road_morf": (t.p_full[pi, pc] - t.road_morf[k][r0][pi, pc], pi),
+                    "road_lerf": (t.p_full[pi, pc] - t.road_lerf[k][r0][pi, pc], pi)}
+        if t.hits[k]:
+            units[k]["pointing_game"] = (np.array(t.hits[k], np.float64), boxes)
+            units[k]["iobb_0.1"] = ((np.array(t.iobb[k]) > 0.1).astype(np.float64), boxes)
+    out = {"n_resamples": len(counts), "seed": seed, "level": 0.95,
+           "mean_auroc_full": M.mean_auroc_ci(y, t.p_full, counts),
+           "maps": {k: {f: M.mean_ci(v, img, counts) for f, (v, img) in u.items()} for k, u in units.items()}}
+    if {"learned", "gradcam"} <= set(units):
+        a, b = units["learned"], units["gradcam"]
+        out["learned_vs_gradcam"] = {f: M.paired_test(a[f][0], b[f][0], a[f][1], counts)
+                                     for f in ("comprehensiveness", "road_morf", "pointing_game") if f in a}
+    return out
+
+
 def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, seed: int) -> dict:
     """metrics.json: every figure, per explainer."""
     classes, r0 = t.classes, cfg.method.keep_ratio
@@ -327,15 +387,16 @@ def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, s
              "drop": {k: M.per_class_auroc(y, v, classes) for k, v in t.drop_img.items()}}
     leak, leak_boxed = leakage(t, y, seed)
     return {"n_images": int(len(y)), "classes": classes, "keep_ratio": r0, "keep_ratios": t.ratios,
+            "road_ratios": t.road_ratios,
             "checkpoint": str(checkpoint), "fill": FILLS[cfg.method.fill], "maps": list(t.crop),
             "auroc": auroc,
             "mean_auroc": {"full": M.mean_auroc(auroc["full"]),
                            **{s: {k: M.mean_auroc(v) for k, v in auroc[s].items()} for s in ("crop", "drop")}},
-            "faithfulness": faithfulness(t, y),
+            "faithfulness": faithfulness(t, y), "road": road(t, y),
             "kept_fraction": {k: float(np.concatenate(v).mean()) if v else None for k, v in t.kept.items()},
             "localization": localization(t) if with_boxes else None,
             "box_control": box_control(t) if with_boxes else None,
-            "leakage": leak, "leakage_boxed": leak_boxed}
+            "leakage": leak, "leakage_boxed": leak_boxed, "uncertainty": uncertainty(t, y, r0, seed)}
 
 
 def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: str | None = None,

@@ -87,3 +87,68 @@ def roc_curves(y_true: np.ndarray, y_score: np.ndarray, classes: list[str], auro
             fpr, tpr, _ = roc_curve(y_true[:, j], y_score[:, j])
             out[c] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auroc[c]}
     return out
+
+
+N_RESAMPLES = 1000  # bootstrap resamples of the test images, as CheXlocalize
+
+
+def resample_counts(n_images: int, n: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """[n, n_images]: how often each test image is drawn in each bootstrap resample (seeded)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(0, n_images, n_images), minlength=n_images) for _ in range(n)]
+                    ).astype(np.float32)
+
+
+def _boot_means(values: np.ndarray, image_of: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The mean of per-unit values (pairs or boxes, each of one image) in every resample of the images."""
+    n = counts.shape[1]
+    s = counts @ np.bincount(image_of, weights=values, minlength=n)
+    k = counts @ np.bincount(image_of, minlength=n).astype(np.float64)
+    return s[k > 0] / k[k > 0]
+
+
+def mean_ci(values, image_of, counts: np.ndarray) -> dict:
+    """{"mean", "ci95": [lo, hi]}: the mean of per-unit values and its 95 % percentile bootstrap interval,
+    resampling test images (a unit's image carries all its units along)."""
+    v, img = np.asarray(values, np.float64), np.asarray(image_of, np.int64)
+    if not len(v):
+        return {"mean": None, "ci95": None}
+    b = _boot_means(v, img, counts)
+    return {"mean": float(v.mean()), "ci95": [float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))]}
+
+
+def paired_test(a, b, image_of, counts: np.ndarray) -> dict:
+    """a - b over the same units: the mean difference, its 95 % CI, and the two-sided bootstrap p-value
+    of no difference (twice the share of resamples on the far side of zero)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if not len(d):
+        return {"difference": None, "ci95": None, "p": None}
+    boot = _boot_means(d, np.asarray(image_of, np.int64), counts)
+    p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    return {"difference": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+            "p": p}
+
+
+def _resampled_auroc(y: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One class's AUROC in every resample at once (NaN where a resample lacks a label value): the
+    weighted Mann-Whitney statistic, ties counting half, over the scores sorted once."""
+    order = np.argsort(score, kind="stable")
+    s, pos = score[order], y[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # one group per distinct score
+    w = counts[:, order].astype(np.float64)
+    wp, wn = np.add.reduceat(w * pos, starts, axis=1), np.add.reduceat(w * ~pos, starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn
+    tot_p, tot_n = wp.sum(1), wn.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((tot_p > 0) & (tot_n > 0), (wp * (below + 0.5 * wn)).sum(1) / (tot_p * tot_n), np.nan)
+
+
+def mean_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, counts: np.ndarray) -> list[float] | None:
+    """95 % bootstrap interval of the mean AUROC over classes (each resample's defined classes)."""
+    y = np.asarray(y_true) > 0.5
+    per_class = np.stack([_resampled_auroc(y[:, j], np.asarray(y_score)[:, j], counts) for j in range(y.shape[1])])
+    defined = ~np.isnan(per_class).all(0)
+    if not defined.any():
+        return None
+    stats = np.nanmean(per_class[:, defined], axis=0)
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]

@@ -42,7 +42,7 @@ h1{margin-bottom:4px}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-t
 .howto{background:#f6f8fa;border-left:4px solid #4a7bd0;padding:8px 14px}
 table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ddd;padding:4px 10px;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
-.na{color:#aaa}.cards{display:flex;gap:12px;flex-wrap:wrap}
+.na{color:#aaa}.ci{color:#777;font-size:.85em;white-space:nowrap}.cards{display:flex;gap:12px;flex-wrap:wrap}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px 16px;min-width:120px}
 .card .v{font-size:1.6em;font-weight:600}.card .k{color:#555;font-size:.9em}
 img{max-width:100%;height:auto}figure{margin:12px 0}figcaption{color:#333;font-size:.92em}
@@ -62,6 +62,11 @@ def _fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return '<span class="na">n/a</span>'
     return f"{float(v):.{digits}f}"
+
+
+def _ci(ci) -> str:
+    """A 95 % interval, small, after its figure ('' where there is none)."""
+    return f' <span class="ci">[{ci[0]:.3f}, {ci[1]:.3f}]</span>' if ci else ""
 
 
 def _ratio_key(d: dict, r: float) -> str | None:
@@ -110,12 +115,16 @@ def _roc_figure(roc: dict) -> str:
     return _png(fig)
 
 
-def _faithfulness_figure(faith: dict, keep_ratio: float) -> str:
+FILL_CURVES = {"comprehensiveness": "p_full − p_drop  (higher = region matters)",
+               "sufficiency": "p_full − p_crop  (lower = region suffices)"}
+ROAD_CURVES = {"morf": "p_full − p_MoRF  (ROAD; higher = region matters)",
+               "lerf": "p_full − p_LeRF  (ROAD; lower = region suffices)"}
+
+
+def _faithfulness_figure(faith: dict, keep_ratio: float, what: dict = FILL_CURVES) -> str:
     maps = tuple(faith) or MAPS
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
-    what = {"comprehensiveness": "p_full − p_drop  (higher = region matters)",
-            "sufficiency": "p_full − p_crop  (lower = region suffices)"}
     for ax, (metric, ylabel) in zip(axes, what.items()):
         ticks = set()
         for name in maps:
@@ -130,9 +139,32 @@ def _faithfulness_figure(faith: dict, keep_ratio: float) -> str:
             ax.minorticks_off()
         ax.axvline(keep_ratio, color="0.6", linestyle=":", linewidth=1)
         ax.axhline(0, color="0.8", linewidth=0.8)
-        ax.set(xlabel="keep ratio r (share of pixels in the region)", ylabel=ylabel, title=f"{metric} vs r")
+        ax.set(xlabel="keep ratio r (share of pixels in the region)", ylabel=ylabel,
+               title=f"{metric if what is FILL_CURVES else 'ROAD ' + metric.upper()} vs r")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _ci_figure(unc: dict, keep_ratio: float) -> str | None:
+    """The headline figures per map with their 95 % bootstrap intervals as error bars."""
+    per_map = unc.get("maps") or {}
+    shown = [("comprehensiveness", f"comprehensiveness@{keep_ratio:g} ↑"), ("road_morf", f"ROAD MoRF@{keep_ratio:g} ↑"),
+             ("pointing_game", "pointing game ↑")]
+    shown = [(k, t) for k, t in shown if any((v.get(k) or {}).get("ci95") for v in per_map.values())]
+    if not shown:
+        return None
+    fig = Figure(figsize=(3.6 * len(shown), 3.2))
+    for ax, (key, title) in zip(np.atleast_1d(fig.subplots(1, len(shown))), shown):
+        names = [n for n in per_map if (per_map[n].get(key) or {}).get("ci95")]
+        vals = [per_map[n][key]["mean"] for n in names]
+        cis = [per_map[n][key]["ci95"] for n in names]
+        err = np.array([[v - lo, hi - v] for v, (lo, hi) in zip(vals, cis)]).T
+        ax.bar(names, vals, yerr=err, capsize=4, color=[MAP_STYLE.get(n, {}).get("color", "tab:gray") for n in names])
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
@@ -197,24 +229,41 @@ def _headline(metrics: dict) -> str:
     r = metrics.get("keep_ratio")
     mean = metrics.get("mean_auroc") or {}
     learned = {k: (mean.get(k) or {}).get("learned") for k in ("crop", "drop")}
-    cards = "".join(f'<div class="card"><div class="k">mean AUROC, {k}</div><div class="v">{_fmt(v)}</div></div>'
-                    for k, v in (("full", mean.get("full")), ("crop (learned)", learned["crop"]),
-                                 ("drop (learned)", learned["drop"])))
+    full_ci = (metrics.get("uncertainty") or {}).get("mean_auroc_full")
+    cards = "".join(f'<div class="card"><div class="k">mean AUROC, {k}</div>'
+                    f'<div class="v">{_fmt(v)}{_ci(c)}</div></div>'
+                    for k, v, c in (("full", mean.get("full"), full_ci), ("crop (learned)", learned["crop"], None),
+                                    ("drop (learned)", learned["drop"], None)))
     faith, loc = metrics.get("faithfulness") or {}, metrics.get("localization") or {}
-    kept = metrics.get("kept_fraction") or {}
+    kept, road = metrics.get("kept_fraction") or {}, metrics.get("road") or {}
+    unc = (metrics.get("uncertainty") or {}).get("maps") or {}
     rows = []
     for name in _maps(metrics):
-        f = faith.get(name) or {}
-        comp, suff = f.get("comprehensiveness") or {}, f.get("sufficiency") or {}
-        ck, sk = _ratio_key(comp, r), _ratio_key(suff, r)
+        f, rd, u = faith.get(name) or {}, road.get(name) or {}, unc.get(name) or {}
+        figs = [f.get("comprehensiveness"), f.get("sufficiency"), rd.get("morf"), rd.get("lerf")]
+        ci = [(u.get(k) or {}).get("ci95") for k in ("comprehensiveness", "sufficiency", "road_morf", "road_lerf")]
+        cells = "".join(f"<td>{_fmt((c or {}).get(_ratio_key(c or {}, r)))}{_ci(i)}</td>" for c, i in zip(figs, ci))
         pg = (loc.get(name) or {}).get("pointing_game")
+        pg = f"{_fmt(pg)}{_ci((u.get('pointing_game') or {}).get('ci95'))}"
         auc = "".join(f"<td>{_fmt((mean.get(k) or {}).get(name))}</td>" for k in ("crop", "drop"))
-        rows.append(f"<tr><td>{name}</td><td>{_fmt(comp.get(ck))}</td><td>{_fmt(suff.get(sk))}</td>"
-                    f"<td>{_fmt(pg)}</td>{auc}<td>{_fmt(kept.get(name))}</td></tr>")
+        rows.append(f"<tr><td>{name}</td>{cells}<td>{pg}</td>{auc}<td>{_fmt(kept.get(name))}</td></tr>")
     return (f'<div class="cards">{cards}</div>'
             f"<table><tr><th>map</th><th>comprehensiveness@{r:g} ↑</th><th>sufficiency@{r:g} ↓</th>"
+            f"<th>ROAD MoRF@{r:g} ↑</th><th>ROAD LeRF@{r:g} ↓</th>"
             f"<th>pointing game ↑</th><th>AUROC, crop</th><th>AUROC, drop</th><th>kept fraction</th></tr>"
-            f"{''.join(rows)}</table>")
+            f"{''.join(rows)}</table>{_paired(metrics.get('uncertainty') or {})}")
+
+
+def _paired(unc: dict) -> str:
+    """The paired bootstrap tests of the learned map against Grad-CAM, as one sentence."""
+    tests = unc.get("learned_vs_gradcam") or {}
+    parts = [f"{k.replace('_', ' ')} {v['difference']:+.3f}{_ci(v['ci95'])}, p = {v['p']:.3f}"
+             for k, v in tests.items() if v.get("difference") is not None]
+    if not parts:
+        return ""
+    return (f"<p>Learned − Grad-CAM, paired over the same pairs and boxes: {'; '.join(parts)}. Brackets: 95 % "
+            f"intervals from {unc.get('n_resamples')} bootstrap resamples of the test images (seed "
+            f"{unc.get('seed')}); p: two-sided bootstrap p-value of no difference.</p>")
 
 
 def _class_table(metrics: dict) -> str:
@@ -291,6 +340,15 @@ def _leakage(leak: dict | None, boxed: dict | None = None) -> str:
             "<table><tr><th>map</th><th>mean AUROC from the mask alone</th>" + extra + "</tr>" + rows + "</table>")
 
 
+ROAD_NOTE = (
+    "<b>ROAD.</b> Above, removed pixels show the model's fill, and the classifier was trained on masked images "
+    "with that same fill. Below, ROAD (Rong et al. 2022) fills them from their neighbours instead (noisy linear "
+    "imputation), a removal the classifier never saw and whose shape gives little away. <i>MoRF</i>: the top-r "
+    "region removed, scored like comprehensiveness; <i>LeRF</i>: only the top-r region kept, scored like "
+    "sufficiency. Where a map's comprehensiveness is well above its ROAD MoRF, part of that figure came from the "
+    "fill rather than from the region; a lead over Grad-CAM and the random map that holds under ROAD does not.")
+
+
 def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
                  title: str = "ROI-consistency evaluation") -> Path:
     """Write the HTML report to `out_path` atomically and return its Path."""
@@ -316,10 +374,15 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
     body = [
         f"<h1>{_esc(title)}</h1><p class='meta'>{meta}</p><div class='howto'>{howto}</div>",
         "<h2 id='headline'>Headline numbers</h2>", _headline(metrics),
+        *([_img(ci_fig, "headline figures with 95% intervals", "Error bars: 95 % bootstrap intervals over the "
+                "test images.")] if (ci_fig := _ci_figure(metrics.get("uncertainty") or {}, r)) else []),
         "<h2 id='auroc'>Per-class AUROC</h2>", _class_table(metrics), _img(_roc_figure(roc or {}), "ROC curves"),
         "<h2 id='faithfulness'>Faithfulness vs keep ratio</h2>",
         _img(_faithfulness_figure(metrics.get("faithfulness") or {}, r), "faithfulness curves",
              f"Dotted vertical line: the evaluation keep ratio r = {r:g}."),
+        *([f"<p>{ROAD_NOTE}</p>", _img(_faithfulness_figure(metrics["road"], r, ROAD_CURVES), "ROAD curves",
+                                        "The same removals, with ROAD's imputation in place of the fill.")]
+          if metrics.get("road") else []),
         "<h2 id='localisation'>Localisation</h2>",
         _localization(metrics.get("localization"), metrics.get("box_control")),
         _leakage(metrics.get("leakage"), metrics.get("leakage_boxed")),
@@ -338,10 +401,14 @@ def format_summary(m: dict) -> str:
 
     def fmt(v, spec: str = ".4f") -> str:
         return "n/a" if v is None else format(v, spec)
-    lines = [f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}"]
+    ci = (m.get("uncertainty") or {}).get("mean_auroc_full")
+    lines = [f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}"
+             + (f" [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")]
     for k in _maps(m):
         line = (f"  {k:8s} comprehensiveness@{r} {fmt(f[k]['comprehensiveness'][r], '+.4f')}  "
                 f"sufficiency@{r} {fmt(f[k]['sufficiency'][r], '+.4f')}  kept {fmt(m['kept_fraction'][k])}")
+        if m.get("road"):
+            line += f"  ROAD MoRF {fmt(m['road'][k]['morf'][r], '+.4f')} LeRF {fmt(m['road'][k]['lerf'][r], '+.4f')}"
         lines.append(line + (f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}" if loc else ""))
     if loc and m.get("box_control"):
         lines.append("  per finding: pointing learned / gradcam; p_full -> p with the true box removed")
