@@ -209,6 +209,12 @@ def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phan
     assert "ROAD MoRF" in out and "95% CI" in out
     assert saved["road_ratios"] == [0.05, 0.1] and set(saved["road"]["learned"]["morf"]) == {"0.05", "0.1"}
     assert saved["keep_ratios"] == [0.05, 0.1]  # a ROAD ratio is scored with the fill too
+    size, loc = saved["localization_by_size"], saved["localization"]
+    assert sum(size["n"].values()) == loc["n_boxes"] and size["cut_points"][0] <= size["cut_points"][1]
+    assert min(size["n"].values()) >= loc["n_boxes"] // 3 - 2  # terciles of the boxes' own areas
+    for k in ("learned", "gradcam"):  # the terciles partition the boxes: their weighted mean is the whole
+        whole = sum(size["n"][t] * size[k][t]["pointing_game"] for t in size["n"]) / loc["n_boxes"]
+        assert whole == pytest.approx(loc[k]["pointing_game"])
     assert f"{tmp_path}/report.html" in out and (tmp_path / "report.html").is_file()
     with pytest.raises(SystemExit) as stop:
         cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",

@@ -48,7 +48,11 @@ def _metrics(localization=True):
                            "drop": {"learned": 0.5512, "gradcam": 0.6, "random": 0.8}},
             "kept_fraction": {"learned": 0.1, "gradcam": 0.1, "random": 0.1},
             "faithfulness": faith, "road": road, "uncertainty": unc, "localization": loc if localization else None,
-            "box_control": box_control if localization else None, "leakage": leak,
+            "box_control": box_control if localization else None,
+            "localization_by_size": {"cut_points": [0.0123, 0.0456], "n": {"small": 3, "medium": 2, "large": 2},
+                                     **{k: {t: {"pointing_game": 0.3333 if t == "small" else 1.0, "iobb_acc_0.1": 0.5}
+                                            for t in ("small", "medium", "large")} for k in ("learned", "gradcam")}}
+            if localization else None, "leakage": leak,
             "leakage_boxed": boxed if localization else None}
 
 
@@ -106,6 +110,7 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "runs/x/&lt;best&gt;.pt" in text
     assert "Hernia" in text.split("Left out", 1)[1].split("</p>", 1)[0]  # all-null class is listed as left out
     assert text.count("<img ") == 1 + 1 + 2 + 2  # intervals, ROC, faithfulness with the fill and ROAD, 2 examples
+    assert "By lesion size" in text and "1.23 % and 4.56 %" in text and "small (3 boxes)" in text and "0.333 /" in text
     assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text
     assert "+0.061" in text and "[0.031, 0.091]" in text and "p = 0.002" in text  # learned vs Grad-CAM, paired
     assert f"{0.31234 * 0.1 ** 0.5:.3f}" in text and "ROAD MoRF@0.1" in text  # learned ROAD MoRF at r = 0.1

@@ -331,6 +331,24 @@ def localization(t: Tally) -> dict:
     return out
 
 
+SIZES = ("small", "medium", "large")
+
+
+def by_lesion_size(t: Tally) -> dict:
+    """Pointing and IoBB > 0.1 per tercile of box area, per map: small lesions (nodules) are where every
+    map is weakest. Areas are shares of the image; the cut points are the boxes' own terciles."""
+    area = np.array([bp[4] for bp in t.box_probs])
+    cuts = np.quantile(area, [1 / 3, 2 / 3]) if len(area) else np.array([np.nan, np.nan])
+    tercile = np.digitize(area, cuts)  # 0: below the first cut, 2: at or above the second
+    out = {"cut_points": [float(c) for c in cuts], "n": {n: int((tercile == i).sum()) for i, n in enumerate(SIZES)}}
+    for k in t.hits:
+        hits, iobb = np.array(t.hits[k], bool), np.array(t.iobb[k])
+        out[k] = {n: {"pointing_game": float(hits[tercile == i].mean()) if (tercile == i).any() else None,
+                      "iobb_acc_0.1": float((iobb[tercile == i] > 0.1).mean()) if (tercile == i).any() else None}
+                  for i, n in enumerate(SIZES)}
+    return out
+
+
 def box_control(t: Tally) -> dict:
     """How much the model relies on the true lesion region, per finding."""
     keys = ("p_full", "p_drop_box", "p_crop_box", "box_area")
@@ -396,6 +414,7 @@ def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, s
             "kept_fraction": {k: float(np.concatenate(v).mean()) if v else None for k, v in t.kept.items()},
             "localization": localization(t) if with_boxes else None,
             "box_control": box_control(t) if with_boxes else None,
+            "localization_by_size": by_lesion_size(t) if with_boxes else None,
             "leakage": leak, "leakage_boxed": leak_boxed, "uncertainty": uncertainty(t, y, r0, seed)}
 
 

@@ -321,6 +321,21 @@ def _localization(loc: dict | None, box_control: dict | None = None) -> str:
                    "<th>p, box only</th></tr>" + "".join(rows) + "</table>")
 
 
+def _by_size(size: dict | None) -> str:
+    """Pointing and IoBB per tercile of box area, one row per map."""
+    if not size or not size.get("n"):
+        return ""
+    cuts, n = size.get("cut_points") or [math.nan, math.nan], size["n"]
+    terciles = ("small", "medium", "large")
+    head = "".join(f"<th>{t} ({n.get(t, 0)} boxes)</th>" for t in terciles)
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(
+        f"<td>{_fmt((v.get(t) or {}).get('pointing_game'))} / {_fmt((v.get(t) or {}).get('iobb_acc_0.1'))}</td>"
+        for t in terciles) + "</tr>" for name, v in size.items() if name not in ("cut_points", "n"))
+    return (f"<p>By lesion size: pointing game / IoBB &gt; 0.1 per tercile of box area (cut at "
+            f"{_fmt(100 * cuts[0], 2)} % and {_fmt(100 * cuts[1], 2)} % of the image).</p>"
+            f"<table><tr><th>map</th>{head}</tr>{rows}</table>")
+
+
 def _leakage(leak: dict | None, boxed: dict | None = None) -> str:
     if not leak:
         return ""
@@ -385,6 +400,7 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
           if metrics.get("road") else []),
         "<h2 id='localisation'>Localisation</h2>",
         _localization(metrics.get("localization"), metrics.get("box_control")),
+        _by_size(metrics.get("localization_by_size")),
         _leakage(metrics.get("leakage"), metrics.get("leakage_boxed")),
         "<h2 id='examples'>Examples</h2>",
         "<p>Green: ground-truth boxes. Colour: the map (jet, red = high). White outline: the kept top-r region.</p>",
