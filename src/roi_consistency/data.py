@@ -246,15 +246,15 @@ class ImageCSVDataset(Dataset):
         in its place, so every batch keeps its size and DDP ranks stay in step."""
         if not self.skip_bad:
             raise exc
-        print(f"warning: skipping bad image {self.names[i]} ({exc}) (--skip-bad-images)", file=sys.stderr)
-        if not self.replace_bad:
-            return torch.zeros(1, self.size, self.size), torch.from_numpy(self.labels[i]), -1 - i
         for step in range(1, 11):
+            print(f"warning: skipping bad image {self.names[(i + step - 1) % len(self.names)]} ({exc}) "
+                  "(--skip-bad-images)", file=sys.stderr)
+            if not self.replace_bad:
+                return torch.zeros(1, self.size, self.size), torch.from_numpy(self.labels[i]), -1 - i
             try:
                 return self._item((i + step) % len(self.names), seed)
             except UserError as again:
-                print(f"warning: skipping bad image {self.names[(i + step) % len(self.names)]} ({again})",
-                      file=sys.stderr)
+                exc = again
         raise UserError(f"{self.csv_path}: 10 bad images in a row after {self.names[i]}; fix or remove them")
 
 
