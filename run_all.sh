@@ -84,8 +84,10 @@ fi
 if [ -f "$WORK/eval/report.html" ] && [ "$WORK/eval/report.html" -nt "$BEST" ]; then stage "evaluate: up to date, skipped"
 else
   stage "evaluate"
+  # the demo draws its deletion/insertion curves on 32 test images: on 2 CPU cores each costs ~3 s
+  CURVES=$([ "$DEMO" = 1 ] && echo 32 || echo 200)
   $RC evaluate --checkpoint "$BEST" --csv "$CSV_DIR/nih_roi_test.csv" --image-root "$DATA_ROOT/images" \
-    --cache "$CACHE" ${BBOX[@]+"${BBOX[@]}"} --out-dir "$WORK/eval"
+    --cache "$CACHE" ${BBOX[@]+"${BBOX[@]}"} --out-dir "$WORK/eval" --sanity --curve-images "$CURVES"
 fi
 
 stage "done in $(( SECONDS - start ))s"

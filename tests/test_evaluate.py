@@ -94,6 +94,21 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
             assert saved["auroc"][key]["learned"][c] == (None if v is None else pytest.approx(v, abs=1e-4)), (key, c)
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Localisation" in html
+    # calibration: ECE per finding, and sensitivity/specificity at the thresholds training chose on val
+    cal = saved["calibration"]
+    assert cal["bins"] == 15 and cal["thresholds"]["csv"] == str(phantom64["val"]) and "warning" not in cal
+    eff = cal["per_class"]["Effusion"]
+    assert 0 <= eff["ece"] <= 1 and eff["ece_ci95"][0] < eff["ece_ci95"][1]
+    pos = y[:, classes.index("Effusion")] > 0.5
+    called = np.array([p["prob_full"]["Effusion"] >= eff["threshold"] for p in preds["predictions"]])
+    assert eff["sensitivity"] == pytest.approx(called[pos].mean())
+    assert eff["specificity"] == pytest.approx((~called[~pos]).mean())
+    assert "Hernia" in cal["per_class"] and "sensitivity" not in cal["per_class"]["Hernia"]  # no positives
+    assert "id='calibration'" in html and "reliability diagram" in html
+    cv = saved["curves"]
+    assert cv["curve_images"] == 200 and cv["n_images"] == min(200, cv["images_with_pairs"])
+    assert all(0 <= v[o]["auc"] <= 1 and len(v[o]["curve"]) == 21 for kind in ("fill", "road")
+               for v in cv[kind].values() for o in ("deletion", "insertion"))
 
 
 def test_evaluate_without_boxes_has_null_localization(trained64, phantom64, tmp_path):
@@ -101,6 +116,8 @@ def test_evaluate_without_boxes_has_null_localization(trained64, phantom64, tmp_
                             keep_ratios=(0.1,), n_examples=2, workers=0, progress=False)
     assert m["localization"] is None
     assert json.loads((tmp_path / "metrics.json").read_text())["localization"] is None
+    # evaluated on the CSV its thresholds were chosen on: said, in metrics.json and the report
+    assert "chosen on" in m["calibration"]["warning"] and "optimistic" in (tmp_path / "report.html").read_text()
 
 
 def test_the_fill_is_stored_with_the_model_and_named_in_the_outputs(trained64, phantom64, tmp_path):
@@ -157,7 +174,7 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
     model = ROIModel(LocalBright(), MaskNet()).eval()  # removed pixels show the ImageNet mean, the background
     opt = EvalOptions(keep_ratios=(0.05, 0.1), n_examples=2, workers=0, progress=False)
     t = evaluate_model(model, ds, boxes, [BoxOracle(), Random(0)], [0.05, 0.1], 0.1, opt, torch.device("cpu"))
-    m = summarize(t, ds.labels, config("seed", fill="mean"), "ck", True, 0)
+    m = summarize(t, ds.labels, config("seed", fill="mean"), "ck", True, 0, None, str(tmp_path / "t.csv"))
     assert m["localization"]["n_boxes"] == 12 and m["localization"]["boxes"]["pointing_game"] == 1.0
     assert m["localization"]["random"]["pointing_game"] < 0.5
     oracle, rand = (m["faithfulness"][k]["comprehensiveness"]["0.1"] for k in ("boxes", "random"))
@@ -170,6 +187,15 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
     lo, hi = u["random"]["comprehensiveness"]["ci95"]
     assert lo <= rand <= hi and lo < hi and u["random"]["comprehensiveness"]["mean"] == pytest.approx(rand)
     assert u["boxes"]["road_morf"]["ci95"][0] > u["random"]["road_morf"]["ci95"][1]  # apart, beyond the noise
+    # deletion and insertion curves: removing the true box kills p at once, keeping it alone restores it
+    cv = m["curves"]
+    assert cv["n_images"] == 12 and cv["n_pairs"] == 12 and cv["ratios"][0] == 0.0 and cv["ratios"][-1] == 1.0
+    for kind in ("fill", "road"):
+        o, r = cv[kind]["boxes"], cv[kind]["random"]
+        assert o["deletion"]["auc"] < r["deletion"]["auc"] - 0.1, (kind, o, r)
+        assert o["insertion"]["auc"] > r["insertion"]["auc"] + 0.1, (kind, o, r)
+        assert o["deletion"]["auc_ci95"][1] < r["deletion"]["auc_ci95"][0]
+        assert len(o["deletion"]["curve"]) == len(cv["ratios"])
     # one more explainer is one more entry in every pass
     for key in ("faithfulness", "road", "kept_fraction", "leakage"):
         assert set(m[key]) == {"boxes", "random"}, key

@@ -22,7 +22,8 @@ def test_preds_json_schema_and_faithfulness(trained64, phantom64, tmp_path):
     assert [p["image"] for p in data["predictions"]] == [r["image"] for r in rows]
     for p, row in zip(data["predictions"], rows):
         # the default mask draws one map per class: each image's mask explains its most probable finding
-        assert set(p) == {"image", "labels", "prob_full", "prob_crop", "prob_drop", "faithfulness", "mask_class"}
+        assert set(p) == {"image", "labels", "positive", "prob_full", "prob_crop", "prob_drop", "faithfulness",
+                          "mask_class"}
         assert p["mask_class"] == max(p["prob_full"], key=p["prob_full"].get)
         assert p["labels"] == ([] if row["labels"] == "Normal" else row["labels"].split("|"))
         for c in data["classes"]:

@@ -10,7 +10,8 @@ from roi_consistency import report
 from roi_consistency.errors import UserError
 
 RATIOS = ("0.01", "0.05", "0.1", "0.2", "0.5")
-HEADINGS = ("Headline numbers", "Per-class AUROC", "Faithfulness vs keep ratio", "Localisation", "Examples")
+HEADINGS = ("Headline numbers", "Per-class AUROC", "Faithfulness vs keep ratio", "Deletion and insertion curves",
+            "Localisation", "Sanity: the randomisation check", "Calibration and operating points", "Examples")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -53,7 +54,42 @@ def _metrics(localization=True):
                                      **{k: {t: {"pointing_game": 0.3333 if t == "small" else 1.0, "iobb_acc_0.1": 0.5}
                                             for t in ("small", "medium", "large")} for k in ("learned", "gradcam")}}
             if localization else None, "leakage": leak,
-            "leakage_boxed": boxed if localization else None}
+            "leakage_boxed": boxed if localization else None, "curves": _curves(), "sanity": _sanity(),
+            "calibration": _calibration(thresholds=localization)}
+
+
+def _curves():
+    x = [0.0] + [float(r) for r in np.geomspace(0.005, 1, 20)]
+    one = {name: {"deletion": {"curve": [0.9 * (1 - r) ** k for r in x], "auc": 0.9 / (k + 1),
+                               "auc_ci95": [0.9 / (k + 1) - 0.02, 0.9 / (k + 1) + 0.02]},
+                  "insertion": {"curve": [0.1 + 0.8 * r ** (1 / k) for r in x], "auc": 0.1 + 0.8 * k / (k + 1),
+                                "auc_ci95": None}}
+           for name, k in (("learned", 4.0), ("gradcam", 3.0), ("random", 1.0))}
+    return {"ratios": x, "n_images": 30, "n_pairs": 36, "curve_images": 30, "images_with_pairs": 34,
+            "fill": one, "road": one}
+
+
+def _sanity():
+    def m(med, ok):
+        return {"median": med, "median_ci95": [[v - 0.05, v + 0.05] for v in med],
+                "quartiles": [[v - 0.1, v + 0.1] for v in med], "constant_share": [0.0] * 3, "pass": ok}
+    return {"stages": ["fc", "layer4", "layer3"], "n_pairs": 12, "pass_below": 0.2,
+            "randomised": "the classifier's stages", "maps": {"learned": m([0.6, 0.3, 0.1234], True),
+                                                              "gradcam": m([0.2, 0.1, 0.05], True),
+                                                              "edges": m([1.0, 1.0, 1.0], False)}}
+
+
+def _calibration(thresholds=True):
+    per = {"Mass": {"ece": 0.0412, "ece_ci95": [0.03, 0.06], "n_pos": 5},
+           "Nodule <b>": {"ece": 0.02, "ece_ci95": [0.01, 0.03], "n_pos": 3}, "Hernia": {"ece": 0.001,
+                                                                                         "ece_ci95": None, "n_pos": 0}}
+    if thresholds:
+        per["Mass"].update(threshold=0.3131, sensitivity=0.8, sensitivity_ci95=[0.5, 1.0], specificity=0.9143,
+                           specificity_ci95=[0.8, 1.0], n_neg=35)
+    rel = {"count": [20, 0, 5] + [1] * 12, "confidence": [0.02, None, 0.15] + [0.5] * 12,
+           "frequency": [0.0, None, 0.2] + [0.4] * 12, "ece": 0.033}
+    return {"bins": 15, "mean_ece": 0.0211, "reliability": rel, "per_class": per,
+            "thresholds": {"rule": "youden", "csv": "val.csv", "n_images": 50} if thresholds else None}
 
 
 def _roc():
@@ -109,7 +145,11 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "evil&lt;script&gt;.png" in text
     assert "runs/x/&lt;best&gt;.pt" in text
     assert "Hernia" in text.split("Left out", 1)[1].split("</p>", 1)[0]  # all-null class is listed as left out
-    assert text.count("<img ") == 1 + 1 + 2 + 2  # intervals, ROC, faithfulness with the fill and ROAD, 2 examples
+    # intervals, ROC, faithfulness with the fill and ROAD, curves, sanity, reliability, 2 examples
+    assert text.count("<img ") == 1 + 1 + 2 + 1 + 1 + 1 + 2
+    assert "0.180 <span" in text and "36 (image, finding) pairs" in text and "of the 34 with" in text  # curves
+    assert "0.123" in text and "<b>fail</b>" in text  # sanity: learned's last median, the edge map fails
+    assert "0.313" in text and "0.914" in text and "0.041" in text and "youden, chosen on val.csv" in text
     assert "By lesion size" in text and "1.23 % and 4.56 %" in text and "small (3 boxes)" in text and "0.333 /" in text
     assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text
     assert "+0.061" in text and "[0.031, 0.091]" in text and "p = 0.002" in text  # learned vs Grad-CAM, paired
@@ -122,6 +162,7 @@ def test_report_without_localization(reports):
     text = bare.read_text(encoding="utf-8")
     assert "No bounding-box file" in text and "IoBB &gt; 0.25" not in text
     assert "<title>No boxes</title>" in text
+    assert "has no thresholds" in text and "roi-consistency calibrate" in text
 
 
 def _chromium_or_skip():
@@ -160,7 +201,7 @@ def test_report_renders_in_chromium(reports, which):
     exe = _chromium_or_skip()
     problems, widths, body = _render(exe, reports[which])
     assert not problems, problems
-    assert len(widths) == 6 and all(w > 0 for w in widths), widths
+    assert len(widths) == 9 and all(w > 0 for w in widths), widths
     for heading in HEADINGS:
         assert heading in body
     assert "n/a" in body  # the missing crop probability of the second example

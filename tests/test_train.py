@@ -90,11 +90,14 @@ def test_resume_mid_epoch_in_either_stage_gives_identical_weights(phantom64, tmp
     first = fit(small_cfg(phantom64, tmp_path / "b", max_steps=at))  # as Ctrl+C does, part-way through
     ck = torch.load(tmp_path / "b" / "ck" / "model.pt", weights_only=True)
     assert first["step"] == at and ck["stage"] == stop and ck["progress"][stop]["epoch"] == 0
+    assert ck["thresholds"] is None  # taken mid-epoch: no operating points of these weights yet
     resumed = fit(small_cfg(phantom64, tmp_path / "b", resume=str(tmp_path / "b" / "ck" / "model.pt")))
     assert resumed["step"] == straight["step"] == 2 * per_epoch
     a, b = straight["model"].state_dict(), resumed["model"].state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    done = torch.load(tmp_path / "b" / "ck" / "model.pt", weights_only=True)
+    assert done["thresholds"]["step"] == done["step"] and done["thresholds"]["rule"] == "youden"
 
 
 def test_one_epoch_with_the_reference_spellings_then_resume_adds_exactly_one(phantom64, tmp_path):

@@ -9,6 +9,8 @@ Layout (format roi-consistency/2):
     optim              {stage: {"optimizer", "scheduler"}} for each stage that ran
     step               optimizer steps over all stages;  rng: the RNG state at that step boundary
     history            one row per finished epoch;  best: {"stage", "key", "value"} or None
+    thresholds         the per-class operating points of these weights, or None:
+                       {"rule", "values": {class: p or None}, "csv", "n_images", "step"} (train, calibrate)
 Format roi-consistency/1 (a flat config, one optimizer for both stages) still loads for infer, evaluate
 and --weights, meaning what it meant; it cannot be resumed.
 """
@@ -74,13 +76,18 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> TrainConfig:
 def load_trained(path: str | Path, device: torch.device | str = "cpu"):
     """(model in eval mode on `device`, its TrainConfig) from a checkpoint: classes, image size,
     normalisation, keep ratio and fill always come from there."""
+    return trained_from(load_checkpoint(path), path, device)
+
+
+def trained_from(ckpt: dict, path: str | Path, device: torch.device | str = "cpu"):
+    """load_trained for a checkpoint dict already read from `path`."""
     from roi_consistency.model import build_model
-    ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     model = build_model(cfg.model, cfg.method, len(cfg.data.classes), load_pretrained=False)
     model.backbone.load_state_dict(ckpt["backbone"])
     model.mask_net.load_state_dict(ckpt["mask_net"])
     model.set_fill(ckpt.get("fill_image"))
+    model.thresholds = ckpt.get("thresholds")
     # channels-last weights make every conv run channels-last (faster on CUDA and CPU alike)
     return model.to(device, memory_format=torch.channels_last).eval(), cfg
 

@@ -86,4 +86,4 @@ def evaluate(model: ROIModel, loader, rt, cfg) -> dict:
             loss, terms = classifier_loss(full, masked, y.to(rt.device), cfg.method.evalx_weight)
         val.images(full, y, i)
         val.terms(len(y), {"loss": loss, **terms})
-    return val.metrics(rt, cfg.data.classes)
+    return val.metrics(rt, cfg.data.classes, cfg.method.threshold_rule)

@@ -13,7 +13,7 @@ import sys
 from tqdm import tqdm
 
 from roi_consistency import __version__
-from roi_consistency.config import GROUP_OF, MODES, PRESETS, TrainConfig, config
+from roi_consistency.config import GROUP_OF, MODES, PRESETS, THRESHOLD_RULES, TrainConfig, config
 from roi_consistency.errors import UserError
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
@@ -149,11 +149,31 @@ def _evaluate(a: argparse.Namespace) -> None:
     from roi_consistency.evaluate import evaluate_checkpoint
     from roi_consistency.report import format_summary
     ratios, road = _ratios("--keep-ratios", a.keep_ratios), _ratios("--road-ratios", a.road_ratios)
+    if a.sanity_images < 1:
+        raise UserError(f"--sanity-images {a.sanity_images}: the check needs at least one image")
     m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, keep_ratios=ratios, road_ratios=road,
-                            batch_size=a.batch_size, device=a.device, n_examples=a.examples, seed=a.seed,
-                            workers=a.workers, cache=a.cache, skip_bad_images=a.skip_bad_images)
+                            curve_images=_curve_cap(a.curve_images), batch_size=a.batch_size, device=a.device,
+                            n_examples=a.examples, seed=a.seed, workers=a.workers, cache=a.cache,
+                            skip_bad_images=a.skip_bad_images, sanity=a.sanity, sanity_images=a.sanity_images)
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
+
+
+def _calibrate(a: argparse.Namespace) -> None:
+    from roi_consistency.calibrate import calibrate_checkpoint, format_thresholds
+    record = calibrate_checkpoint(a.checkpoint, a.csv, a.image_root, a.rule, a.out, a.batch_size, a.device, a.workers,
+                                  cache=a.cache, skip_bad=a.skip_bad_images)
+    print(format_thresholds(record))
+    print(f"written into {a.out or a.checkpoint}")
+
+
+def _curve_cap(text: str) -> int | None:
+    """--curve-images: a number of images (0: no curves), or `all`."""
+    if text == "all":
+        return None
+    if not text.isdigit():
+        raise UserError(f"--curve-images {text}: give a number of images (0: no curves), or all")
+    return int(text)
 
 
 def _ratios(flag: str, text: str) -> list[float]:
@@ -290,9 +310,32 @@ def _add_evaluate(sub) -> None:
     e.add_argument("--road-ratios", default="0.05,0.1,0.2",
                    help="keep ratios also scored with ROAD's imputation (costly: a forward pass per map and ratio; "
                         "the checkpoint's is always added)")
+    e.add_argument("--curve-images", default="200", metavar="N",
+                   help="deletion/insertion curves (20 ratios, fill and ROAD) on N test images with a finding, drawn "
+                        "with --seed; all: every one; 0: no curves (each finding costs ~80 forward passes per map)")
+    e.add_argument("--sanity", action="store_true",
+                   help="also run the randomisation check: re-initialise the classifier's top stages one by one and "
+                        "measure how much each map changes (a map that does not change ignores the model)")
+    e.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) in the --sanity check")
     e.add_argument("--examples", type=int, default=8, help="example images in the report")
     e.add_argument("--seed", type=int, default=0, help="seed of the random-map control")
     e.set_defaults(func=_evaluate)
+
+
+def _add_calibrate(sub) -> None:
+    c = sub.add_parser("calibrate", formatter_class=HELP, help="choose per-class operating points on a labelled CSV",
+                       description="Choose, per finding, the probability at or above which `infer` calls it positive "
+                                   "(preds.json's `positive`), on a labelled CSV, and store the thresholds in the "
+                                   "checkpoint. `train` already does this on its validation set at every epoch; this "
+                                   "is for a checkpoint without them, or another rule. Use the validation CSV, never "
+                                   "the test CSV.")
+    _add_scoring_common(c)
+    c.add_argument("--csv", required=True, help="labelled CSV to choose on: the validation CSV")
+    c.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
+    c.add_argument("--rule", choices=THRESHOLD_RULES, default="youden",
+                   help="youden: the ROC point of largest sensitivity + specificity - 1; f1: the point of best F1")
+    c.add_argument("--out", default=None, help="write a calibrated copy here instead of updating --checkpoint")
+    c.set_defaults(func=_calibrate)
 
 
 def _add_screenshot(sub) -> None:
@@ -303,7 +346,8 @@ def _add_screenshot(sub) -> None:
     sc.add_argument("out", help="PNG file to write")
     sc.add_argument("--width", type=int, default=1280, help="viewport width in pixels")
     sc.add_argument("--height", type=int, default=3000, help="viewport height in pixels (the image's height)")
-    sc.add_argument("--section", choices=("headline", "auroc", "faithfulness", "localisation", "leakage", "examples"),
+    sc.add_argument("--section", choices=("headline", "auroc", "faithfulness", "localisation", "leakage",
+                                                "sanity", "calibration", "examples"),
                     help="start the view at this section of the report (default: the top)")
     sc.set_defaults(func=_screenshot)
 
@@ -330,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
     _add_infer(sub)
     _add_evaluate(sub)
+    _add_calibrate(sub)
     _add_screenshot(sub)
     return p
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from roi_consistency.errors import UserError
 from roi_consistency.labels import FINDINGS
 
+THRESHOLD_RULES = ("youden", "f1")  # how operating points are chosen (metrics.choose_thresholds)
 MODES = ("full", "standard", "random_mask", "no_consist", "no_drop", "no_sparse", "no_tv")
 FILLS = {"mean": "ImageNet mean intensity (0 after normalisation)",
          "normal": "the mean image of the training set's normal (no finding) images, pixel by pixel"}
@@ -56,6 +57,10 @@ class MethodConfig:
     evalx_weight: float = 0.25  # classifier stage: share of each batch shown again under a random mask
     evalx_min_keep: float = 0.02  # ... whose kept share is log-uniform in [this, 0.6]
     min_keep_ratio: float = 0.02  # mask stage: each batch's keep ratio is log-uniform in [this, keep_ratio]
+    # each epoch's per-class operating points on the validation set: youden (sensitivity + specificity - 1)
+    # or f1; they travel in the checkpoint, and infer calls a finding positive at or above its threshold.
+    # No flag: `roi-consistency calibrate --rule f1` re-chooses them for a trained checkpoint
+    threshold_rule: str = "youden"
 
     @property
     def joint(self) -> bool:

@@ -35,8 +35,11 @@ from tqdm import tqdm
 from roi_consistency import metrics as M
 from roi_consistency.atomic import write_json
 from roi_consistency.cache import ImageCache
+from roi_consistency.calibrate import calibration
 from roi_consistency.checkpoint import load_trained
 from roi_consistency.config import FILLS
+from roi_consistency.curves import pair_curves, sample_rows
+from roi_consistency.curves import summarize as curve_summary
 from roi_consistency.data import ImageCSVDataset, good_rows
 from roi_consistency.errors import UserError
 from roi_consistency.explainers import Pairs, default_explainers
@@ -44,6 +47,7 @@ from roi_consistency.labels import LabelError, canonical
 from roi_consistency.model import ROIModel, topk_mask
 from roi_consistency.road import impute
 from roi_consistency.runtime import pick_device
+from roi_consistency.sanity import sanity_check
 
 IOBB_T = ("0.1", "0.25", "0.5")
 POOL = 16  # masks are average-pooled to 16x16 for the leakage check
@@ -53,6 +57,10 @@ POOL = 16  # masks are average-pooled to 16x16 for the leakage check
 class EvalOptions:
     keep_ratios: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5)  # the checkpoint's ratio is always added
     road_ratios: tuple[float, ...] = (0.05, 0.1, 0.2)  # those also scored with ROAD (a cap: each costs a pass)
+    curve_images: int | None = 200  # deletion/insertion curves on this many test images with a finding (None: all,
+    # 0: none)
+    sanity: bool = False  # the randomisation check (sanity.py), on sanity_images test images with a finding
+    sanity_images: int = 64
     batch_size: int = 16
     device: str = "auto"
     n_examples: int = 8
@@ -129,6 +137,10 @@ class Tally:
         self.examples: list[dict] = []
         self.valid = np.zeros(n, bool)  # the rows scored (an image skipped mid-run is not)
         self.skipped: list[str] = []
+        self.curve_rows = np.zeros(0, np.int64)  # the test-set rows the curves are drawn on (curves.sample_rows)
+        self.n_curve_candidates = 0  # of how many rows with a pair they were drawn
+        self.curves: list[dict] = []  # per batch: curves.pair_curves's output and the pairs' "rows"
+        self.chunk = 64  # images per backbone call in the curves
 
     def drop_unscored(self) -> np.ndarray:
         """Keep only the rows that were scored (renumbered); returns their rows in the test set."""
@@ -144,6 +156,8 @@ class Tally:
                     d[k] = d[k][rows]
             self.box_pooled = {new[r]: v for r, v in self.box_pooled.items()}
             self.loc_row = [new[r] for r in self.loc_row]
+            for rec in self.curves:
+                rec["rows"] = np.array([new[r] for r in rec["rows"]], np.int64)
         return rows
 
 
@@ -193,6 +207,17 @@ def pair_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: d
                 continue
             c_, d_ = road_removal(model, pairs.xn, m, road_gen)
             t.road_lerf[name][r][rows, cls], t.road_morf[name][r][rows, cls] = c_[at, cls], d_[at, cls]
+
+
+def curve_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: dict, gen: torch.Generator) -> None:
+    """Deletion and insertion curves of the batch's pairs whose image is among the sampled rows."""
+    sel = np.isin(rows, t.curve_rows)
+    if not sel.any():
+        return
+    at = torch.from_numpy(np.flatnonzero(sel)).to(pairs.xn.device)
+    rec = pair_curves(model, pairs.xn[at], pairs.cls.cpu().numpy()[sel], {k: v[at] for k, v in maps.items()}, gen,
+                      t.chunk)
+    t.curves.append({**rec, "rows": rows[sel]})
 
 
 def localisation_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, raw: dict, maps: dict,
@@ -251,6 +276,7 @@ def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: 
     raw = {e.name: e(pairs) for e in explainers}
     maps = {e.name: ranked(raw[e.name], e.ties, gen) for e in explainers}
     pair_pass(t, model, pairs, idx[pb], maps, t.ratios, gens["road"])
+    curve_pass(t, model, pairs, idx[pb], maps, gens["curve"])
     localisation_pass(t, model, pairs, idx[pb], raw, maps, r0)
     for k in first_pair_per_image(pb, pairs, bool(boxes)):
         if len(t.examples) >= n_examples:
@@ -294,7 +320,10 @@ def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers
     """Every pass over the test set, batch by batch."""
     road = sorted(set(float(r) for r in opt.road_ratios) | {r0})
     t = Tally(len(ds), ds.classes, [e.name for e in explainers], sorted(set(ratios) | set(road)), road)
-    gens = {"jitter": torch.Generator().manual_seed(opt.seed + 2), "road": torch.Generator().manual_seed(opt.seed + 3)}
+    t.curve_rows, t.n_curve_candidates = sample_rows(ds.labels, ds.names, boxes, opt.curve_images, opt.seed)
+    t.chunk = 4 * opt.batch_size
+    gens = {"jitter": torch.Generator().manual_seed(opt.seed + 2), "road": torch.Generator().manual_seed(opt.seed + 3),
+            "curve": torch.Generator().manual_seed(opt.seed + 4)}
     loader = DataLoader(ds, batch_size=opt.batch_size, num_workers=opt.workers, pin_memory=device.type == "cuda")
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not opt.progress):
         x, _, idx = good_rows(batch, ds.names, t.skipped)
@@ -372,10 +401,9 @@ def leakage(t: Tally, y: np.ndarray, seed: int) -> tuple[dict, dict | None]:
                         **{k: M.mask_leakage(v, y[rows], t.classes, seed=seed) for k, v in feats.items()}}
 
 
-def uncertainty(t: Tally, y: np.ndarray, r0: float, seed: int) -> dict:
+def uncertainty(t: Tally, y: np.ndarray, r0: float, counts: np.ndarray, seed: int) -> dict:
     """95 % bootstrap intervals of the headline figures, from the same resamples of the test images
-    (seeded), and paired bootstrap tests of the learned map against Grad-CAM."""
-    counts = M.resample_counts(len(y), seed=seed)
+    (`counts`, seeded), and paired bootstrap tests of the learned map against Grad-CAM."""
     pi, pc = np.nonzero(y > 0.5)  # the (image, true finding) pairs the removal figures average over
     boxes = np.array(t.loc_row, np.int64)
     units = {}
@@ -397,9 +425,11 @@ def uncertainty(t: Tally, y: np.ndarray, r0: float, seed: int) -> dict:
     return out
 
 
-def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, seed: int) -> dict:
+def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, seed: int, thresholds: dict | None,
+              csv_path: str, curve_images: int | None = None) -> dict:
     """metrics.json: every figure, per explainer."""
     classes, r0 = t.classes, cfg.method.keep_ratio
+    counts = M.resample_counts(len(y), seed=seed)
     auroc = {"full": M.per_class_auroc(y, t.p_full, classes),
              "crop": {k: M.per_class_auroc(y, v, classes) for k, v in t.crop_img.items()},
              "drop": {k: M.per_class_auroc(y, v, classes) for k, v in t.drop_img.items()}}
@@ -415,7 +445,25 @@ def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, s
             "localization": localization(t) if with_boxes else None,
             "box_control": box_control(t) if with_boxes else None,
             "localization_by_size": by_lesion_size(t) if with_boxes else None,
-            "leakage": leak, "leakage_boxed": leak_boxed, "uncertainty": uncertainty(t, y, r0, seed)}
+            "leakage": leak, "leakage_boxed": leak_boxed, "uncertainty": uncertainty(t, y, r0, counts, seed),
+            "curves": curve_summary(t.curves, counts, list(t.crop), curve_images, int(t.n_curve_candidates)),
+            "calibration": calibration(y, t.p_full, classes, thresholds, counts, csv_path)}
+
+
+def sanity_pairs(ds: ImageCSVDataset, rows: np.ndarray, boxes: dict, model: ROIModel, device) -> Pairs | None:
+    """One (image, finding) pair per image of `rows`: its first true finding, else its first boxed one
+    (None when there is none to draw: no finding in the test set, or every such image bad)."""
+    xs, cls = [], []
+    for i in rows.tolist():
+        x, y, idx = ds[i]
+        if idx < 0:  # bad, skipped
+            continue
+        found = np.flatnonzero(y.numpy() > 0.5)
+        cls.append(int(found[0]) if len(found) else ds.classes.index(boxes[ds.names[i]][0][0]))
+        xs.append(x)
+    if not xs:
+        return None
+    return Pairs(model.normalize(torch.stack(xs).to(device)), torch.tensor(cls, device=device), [[] for _ in cls])
 
 
 def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: str | None = None,
@@ -433,9 +481,15 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     boxes = model_boxes(ds, bbox, classes, size)
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
     t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev)
+    sanity = None
+    if opt.sanity:
+        pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
+                             model, dev)
+        sanity = sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
     y = ds.labels[t.drop_unscored()]
-    result = {**summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed),
-              "skipped_images": sorted(skipped + t.skipped)}
+    result = {**summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path,
+                          opt.curve_images),
+              "sanity": sanity, "skipped_images": sorted(skipped + t.skipped)}
     out = Path(out_dir)
     write_json(out / "metrics.json", result)
     from roi_consistency.report import write_report

@@ -9,7 +9,8 @@ treat them all alike, and one more map is one more small class here.
 - GradCAM: Grad-CAM (pytorch-grad-cam) on the backbone's last stage, for the pair's class;
 - Random: smooth random blobs, seeded: the control a faithful map must beat;
 - BoxOracle (not among evaluate's defaults): the ground-truth boxes of the pair's finding, the oracle a
-  map can at best match.
+  map can at best match;
+- Edges (only in the randomisation check): the image's gradient magnitude, a map that ignores the model.
 
 An explainer whose maps have plateaus (Grad-CAM's ReLU makes many zeros) sets `ties = True`: the passes
 then break ties for top-r with a tiny seeded jitter, never by pixel index.
@@ -87,6 +88,22 @@ class Random:
 
     def __call__(self, pairs: Pairs) -> torch.Tensor:
         return random_mask_logits(pairs.xn.shape, pairs.xn.device, self.gen)
+
+
+class Edges:
+    """The image's Sobel gradient magnitude: a map that never looks at the model, the control the
+    randomisation check (sanity.py) must fail."""
+    name, ties = "edges", False
+
+    def __init__(self, model: ROIModel):
+        self.to_gray = model.to_gray
+
+    def __call__(self, pairs: Pairs) -> torch.Tensor:
+        g = self.to_gray(pairs.xn)[:, None]
+        k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=g.device)
+        gx = torch.nn.functional.conv2d(g, k.view(1, 1, 3, 3), padding=1)
+        gy = torch.nn.functional.conv2d(g, k.t().contiguous().view(1, 1, 3, 3), padding=1)
+        return (gx ** 2 + gy ** 2).sqrt()
 
 
 class BoxOracle:

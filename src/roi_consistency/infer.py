@@ -10,6 +10,7 @@ named as `mask_class`.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,16 @@ def write_vis(vis_dir: str | Path, name: str, model: ROIModel, s: dict, i: int) 
     write_png(Path(vis_dir) / f"{stem}_drop.png", model.to_gray(drop[0]).cpu().numpy())
 
 
-def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: list[str] | None) -> dict:
+def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: list[str] | None,
+                      thresholds: dict | None = None) -> dict:
+    """One image's entry in preds.json; `positive`: the findings at or above their stored thresholds."""
     full, crop, drop = (s[k][i].cpu().double().tolist() for k in ("full", "crop", "drop"))
     rec = {"image": name}
     if labels is not None:
         rec["labels"] = labels
+    if thresholds is not None:
+        t = thresholds["values"]
+        rec["positive"] = [c for c, p in zip(classes, full) if t.get(c) is not None and p >= t[c]]
     rec["prob_full"] = dict(zip(classes, full))
     rec["prob_crop"] = dict(zip(classes, crop))
     rec["prob_drop"] = dict(zip(classes, drop))
@@ -78,9 +84,14 @@ def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: li
     return rec
 
 
-def _header(checkpoint: str, cfg, r: float, preds: list[dict]) -> dict:
+def _header(checkpoint: str, cfg, r: float, thresholds: dict | None, preds: list[dict]) -> dict:
     return {"checkpoint": str(checkpoint), "classes": cfg.data.classes, "keep_ratio": r,
-            "img_size": cfg.model.img_size, "fill": FILLS[cfg.method.fill], "predictions": preds}
+            "img_size": cfg.model.img_size, "fill": FILLS[cfg.method.fill], "thresholds": thresholds,
+            "predictions": preds}
+
+
+NO_THRESHOLDS = ("note: {ck} has no operating points, so preds.json has no `positive`; choose them with "
+                 "`roi-consistency calibrate --checkpoint {ck} --csv VAL_CSV --image-root ...`")
 
 
 def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json", keep_ratio: float | None = None,
@@ -90,6 +101,8 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
     model, cfg = load_trained(checkpoint, dev)
     classes, size = cfg.data.classes, cfg.model.img_size
     r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
+    if model.thresholds is None and progress:
+        tqdm.write(NO_THRESHOLDS.format(ck=checkpoint), file=sys.stderr)
     ds = ImageCSVDataset(csv, image_root, size, classes, cache=ImageCache(cache, size) if cache else None)
     skipped = ds.drop_bad(skip_bad, progress)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
@@ -103,11 +116,11 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
             s = score(model, x.to(dev), r, cfg.method.mode == "random_mask")
             for j, i in enumerate(idx.tolist()):
                 labels = [c for c, v in zip(classes, y[j].tolist()) if v > 0.5] if ds.has_labels else None
-                preds.append(prediction_record(ds.names[i], classes, s, j, labels))
+                preds.append(prediction_record(ds.names[i], classes, s, j, labels, model.thresholds))
                 if vis_dir and written < vis_limit:
                     write_vis(vis_dir, ds.names[i], model, s, j)
                     written += 1
-    result = {**_header(checkpoint, cfg, r, preds), "skipped_images": skipped}
+    result = {**_header(checkpoint, cfg, r, model.thresholds, preds), "skipped_images": skipped}
     write_json(out, result)
     return result
 
@@ -129,16 +142,20 @@ def infer_image(checkpoint: str, image: str, keep_ratio: float | None = None, ou
         write_png(save_crop, model.to_gray(model.crop_drop(s["xn"][:1], s["mask"][:1])[0][0]).cpu().numpy())
     if vis_dir:
         write_vis(vis_dir, Path(image).name, model, s, 0)
-    result = _header(checkpoint, cfg, r, [prediction_record(Path(image).name, cfg.data.classes, s, 0, None)])
+    rec = prediction_record(Path(image).name, cfg.data.classes, s, 0, None, model.thresholds)
+    result = _header(checkpoint, cfg, r, model.thresholds, [rec])
     if out:
         write_json(out, result)
     return result
 
 
 def format_table(rec: dict) -> str:
-    """The single-image table: one row per class, sorted by p_full."""
+    """The single-image table: one row per class, sorted by p_full; a * marks a finding called positive."""
     lines = [f"{'class':20s} {'p_full':>8s} {'p_crop':>8s} {'p_drop':>8s} {'faithful':>9s}"]
+    positive = set(rec.get("positive", ()))
     for c in sorted(rec["prob_full"], key=lambda c: -rec["prob_full"][c]):
         lines.append(f"{c:20s} {rec['prob_full'][c]:8.4f} {rec['prob_crop'][c]:8.4f} {rec['prob_drop'][c]:8.4f} "
-                     f"{rec['faithfulness'][c]:+9.4f}")
+                     f"{rec['faithfulness'][c]:+9.4f}" + ("  * positive" if c in positive else ""))
+    if "positive" not in rec:
+        lines.append("(no operating points in this checkpoint: see `roi-consistency calibrate`)")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from roi_consistency.checkpoint import rng_state
 from roi_consistency.errors import UserError
 from roi_consistency.losses import TERMS
-from roi_consistency.metrics import mean_auroc, per_class_auroc
+from roi_consistency.metrics import choose_thresholds, mean_auroc, per_class_auroc
 from roi_consistency.runtime import Runtime, StopFlag, ignore_stop_signals
 
 
@@ -197,9 +197,10 @@ class Validation:
             self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
         self.n += weight
 
-    def metrics(self, rt: Runtime, classes: list[str]) -> dict:
+    def metrics(self, rt: Runtime, classes: list[str], rule: str = "youden") -> dict:
         """The row every stage's evaluate returns: its own objective (val_loss, val_<term>) next to AUROC,
-        over every rank (the distributed sampler pads with repeats: each image counts once)."""
+        over every rank (the distributed sampler pads with repeats: each image counts once), and the
+        per-class operating points `rule` chooses on these probabilities (the same on every rank)."""
         local = (torch.cat(self.probs).numpy(), torch.cat(self.labels).numpy(), torch.cat(self.idx).numpy(),
                  self.sums, self.n)
         parts = [local]
@@ -213,4 +214,5 @@ class Validation:
         if "val_kept" in out:
             out["kept_fraction"] = out.pop("val_kept")
         per_class = per_class_auroc(y[first], p[first], classes)
-        return {**out, "val_mean_auroc": mean_auroc(per_class), "auroc": per_class, "n_val": int(len(first))}
+        return {**out, "val_mean_auroc": mean_auroc(per_class), "auroc": per_class, "n_val": int(len(first)),
+                "thresholds": choose_thresholds(y[first], p[first], classes, rule)}

@@ -104,4 +104,4 @@ def evaluate(model: ROIModel, loader, rt, cfg) -> dict:
                 out = mask_outputs(model, xn[rows[part]], r, cls[part])
                 loss, terms = _pair_loss(out, yd[rows[part]], weights)
                 val.terms(len(part), {"loss": loss, "kept": out[4].mean(), **terms})
-    return val.metrics(rt, cfg.data.classes)
+    return val.metrics(rt, cfg.data.classes, cfg.method.threshold_rule)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from roi_consistency.config import THRESHOLD_RULES
+
 
 def per_class_auroc(y_true: np.ndarray, y_score: np.ndarray, classes: list[str]) -> dict[str, float | None]:
     """AUROC per class; None where the column has only one label value (AUROC is undefined)."""
@@ -152,3 +154,66 @@ def mean_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, counts: np.ndarray) -
         return None
     stats = np.nanmean(per_class[:, defined], axis=0)
     return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def _threshold(col: np.ndarray, score: np.ndarray, rule: str) -> float:
+    """The probability at or above which a finding is called positive: the ROC point furthest above the
+    chance line (Youden's J = sensitivity + specificity - 1), or the precision-recall point of best F1."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+    if rule == "youden":
+        fpr, tpr, th = roc_curve(col, score)
+        j = tpr - fpr
+        j[0] = -np.inf  # sklearn's first threshold is +inf: nobody positive
+        return float(th[int(np.argmax(j))])
+    prec, rec, th = precision_recall_curve(col, score)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * prec[:-1] * rec[:-1] / (prec[:-1] + rec[:-1]))
+    return float(th[int(np.argmax(f1))])
+
+
+def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, classes: list[str],
+                      rule: str = "youden") -> dict[str, float | None]:
+    """Per-class operating points (THRESHOLD_RULES) on a labelled set, the validation set; None where a
+    class lacks positives or negatives there."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(THRESHOLD_RULES)}")
+    y, p = np.asarray(y_true) > 0.5, np.asarray(y_score, np.float64)
+    return {c: None if y[:, j].all() or not y[:, j].any() else _threshold(y[:, j], p[:, j], rule)
+            for j, c in enumerate(classes)}
+
+
+ECE_BINS = 15
+
+
+def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Reliability of probabilities p against labels y (any shape, flattened): per equal-width bin of p,
+    its count, mean probability and observed frequency (None where empty), and the expected calibration
+    error, the count-weighted mean gap |frequency - probability| (Naeini et al. 2015)."""
+    y, p = np.asarray(y, np.float64).ravel(), np.asarray(p, np.float64).ravel()
+    b = np.minimum((p * bins).astype(np.int64), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    sp, sy = np.bincount(b, weights=p, minlength=bins), np.bincount(b, weights=y, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf, freq = sp / n, sy / n
+    ece = float(np.abs(sy - sp).sum() / max(n.sum(), 1))
+    return {"count": n.tolist(), "confidence": [None if k == 0 else float(v) for k, v in zip(n, conf)],
+            "frequency": [None if k == 0 else float(v) for k, v in zip(n, freq)], "ece": ece}
+
+
+def resampled_ece(y: np.ndarray, p: np.ndarray, counts: np.ndarray, bins: int = ECE_BINS) -> list[float] | None:
+    """95 % bootstrap interval of one class's ECE: each resample reweights the images (counts [R, n])."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    onehot = np.eye(bins)[np.minimum((p * bins).astype(np.int64), bins - 1)]  # [n, bins]
+    gap = np.abs(counts @ (onehot * (y - p)[:, None])).sum(1) / counts.sum(1)
+    return [float(np.percentile(gap, 2.5)), float(np.percentile(gap, 97.5))] if len(y) else None
+
+
+def operating_point(y: np.ndarray, p: np.ndarray, threshold: float, counts: np.ndarray) -> dict:
+    """Sensitivity and specificity of one class at a threshold, with 95 % bootstrap intervals."""
+    y, called = np.asarray(y) > 0.5, np.asarray(p) >= threshold
+    img = np.arange(len(y))
+    sens = mean_ci(called[y].astype(np.float64), img[y], counts)
+    spec = mean_ci((~called[~y]).astype(np.float64), img[~y], counts)
+    return {"threshold": threshold, "n_pos": int(y.sum()), "n_neg": int((~y).sum()),
+            "sensitivity": sens["mean"], "sensitivity_ci95": sens["ci95"],
+            "specificity": spec["mean"], "specificity_ci95": spec["ci95"]}

@@ -217,6 +217,8 @@ class ROIModel(nn.Module):
         # [1,1,H,W] in [0,1] for fill="normal" (set_fill); a buffer, so it follows .to(device), but not in
         # the backbone/mask state dicts: checkpoints store it on its own.
         self.register_buffer("fill_image", None, persistent=False)
+        # the operating points chosen on the validation set ({"rule", "values": {class: p}, ...}), or None
+        self.thresholds: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits [B,C] on one-channel images x [B,1,H,W] in [0, 1]."""

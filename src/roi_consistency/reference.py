@@ -82,4 +82,4 @@ def evaluate(model: ROIModel, loader, rt, cfg) -> dict:
             loss, terms = joint_loss(full, crop, drop, soft, y.to(rt.device), weights)
         val.images(full, y, i)
         val.terms(len(y), {"loss": loss, "kept": m.mean(), **terms})
-    return val.metrics(rt, cfg.data.classes)
+    return val.metrics(rt, cfg.data.classes, cfg.method.threshold_rule)

@@ -355,6 +355,136 @@ def _leakage(leak: dict | None, boxed: dict | None = None) -> str:
             "<table><tr><th>map</th><th>mean AUROC from the mask alone</th>" + extra + "</tr>" + rows + "</table>")
 
 
+def _curves_figure(cv: dict) -> str:
+    """Mean deletion and insertion curves per map, with the fill (top) and with ROAD (bottom)."""
+    fig = Figure(figsize=(11, 7.2))
+    axes = fig.subplots(2, 2, sharex=True)
+    x = cv["ratios"]
+    for row, kind in zip(axes, ("fill", "road")):
+        for ax, order in zip(row, ("deletion", "insertion")):
+            for name, v in (cv.get(kind) or {}).items():
+                c = v[order]
+                if c["curve"]:
+                    style = {**MAP_STYLE.get(name, dict(marker="x")), "markersize": 3}
+                    ax.plot(x, c["curve"], label=f"{name} (AUC {c['auc']:.3f})", **style)
+            better = "lower" if order == "deletion" else "higher"
+            ax.set(ylim=(0, 1.02), ylabel="p of the finding", title=f"{order}, {'ROAD' if kind == 'road' else 'fill'}"
+                   f" ({better} area = better)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    for ax, what in zip(axes[1], ("removed", "kept")):
+        ax.set_xlabel(f"share of pixels {what}, the map's top first")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _curves(cv: dict | None) -> str:
+    """The areas under the deletion and insertion curves, with their intervals, and the curves."""
+    if not cv or not cv.get("n_pairs"):
+        return ""
+    cols = [(k, o) for k in ("fill", "road") for o in ("deletion", "insertion")]
+    head = "".join(f"<th>{o} AUC, {'ROAD' if k == 'road' else 'fill'} {'↓' if o == 'deletion' else '↑'}</th>"
+                   for k, o in cols)
+    rows = "".join(f"<tr><td>{_esc(name)}</td>" + "".join(
+        f"<td>{_fmt(cv[k][name][o]['auc'])}{_ci(cv[k][name][o]['auc_ci95'])}</td>" for k, o in cols) + "</tr>"
+        for name in cv["fill"])
+    cap = cv.get("curve_images")
+    sampled = (f"{cv['n_images']} test images drawn (seeded) of the {cv['images_with_pairs']} with a finding or a "
+               f"box (--curve-images {cap})" if cap is not None and cv["images_with_pairs"] > cap else
+               f"all {cv['n_images']} test images with a finding or a box")
+    return ("<h3>Deletion and insertion curves</h3><p>The probability of each true finding as its map's top pixels "
+            f"are removed (deletion) or kept alone (insertion), on {len(cv['ratios'])} points from 0 to 100 % of "
+            f"the image; the area under each curve over [0, 1] (RISE) summarises it. {sampled}, "
+            f"{cv['n_pairs']} (image, finding) pairs.</p><table><tr><th>map</th>{head}</tr>{rows}</table>"
+            + _img(_curves_figure(cv), "deletion and insertion curves"))
+
+
+SANITY_STYLE = {**MAP_STYLE, "edges": dict(color="tab:green", marker="D", linestyle=":")}
+
+
+def _sanity_figure(san: dict) -> str:
+    """Median rank correlation of each map with its original as the classifier is randomised top-down."""
+    fig = Figure(figsize=(6.5, 3.8))
+    ax = fig.add_subplot()
+    steps = np.arange(1, len(san["stages"]) + 1)
+    for name, v in san["maps"].items():
+        style = SANITY_STYLE.get(name, dict(marker="x"))
+        ax.plot(steps, v["median"], label=f"{name} ({'passes' if v['pass'] else 'fails'})", **style)
+        q = np.array(v["quartiles"])
+        ax.fill_between(steps, q[:, 0], q[:, 1], color=style.get("color", "0.5"), alpha=0.12)
+    ax.axhline(san["pass_below"], color="tab:red", linestyle="--", linewidth=1, label="pass below")
+    ax.set_xticks(steps, [f"+{n}" for n in san["stages"]], fontsize=8)
+    ax.set(ylim=(-1, 1.05), xlabel="stages randomised, top-down, cumulative",
+           ylabel="Spearman ρ with the original map")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _sanity(san: dict | None) -> str:
+    if not san:
+        return ""
+    def verdict(v: dict) -> str:
+        return f"{'pass' if v['pass'] else '<b>fail</b>'} (median |ρ| {_fmt((v.get('median_abs') or [None])[-1], 2)})"
+    rows = "".join(f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_fmt(m)}{_ci(c)}</td>" for m, c in
+                                                     zip(v["median"], v["median_ci95"]))
+                   + f"<td>{verdict(v)}</td></tr>" for k, v in san["maps"].items())
+    head = "".join(f"<th>+ {_esc(n)}</th>" for n in san["stages"])
+    return ("<h2 id='sanity'>Sanity: the randomisation check</h2><p>Does the map depend on the model? The "
+            "classifier's stages are re-initialised top-down, cumulatively, and each map is drawn again on "
+            f"{san['n_pairs']} (image, finding) pairs; a map that hardly changes explains the image, not the model "
+            f"(Adebayo et al. 2018). Cells: the median Spearman correlation with the original after each step, "
+            f"with its interval. A map passes when the median of |ρ| falls below {san['pass_below']:g} once the top "
+            "stages are random. Randomised: {_esc(san['randomised'])}. The edge "
+            "map ignores the model: the control that must fail.</p>"
+            f"<table><tr><th>map</th>{head}<th>verdict</th></tr>{rows}</table>"
+            + _img(_sanity_figure(san), "randomisation check", "Median and quartiles over the pairs."))
+
+
+def _reliability_figure(rel: dict) -> str:
+    """Observed frequency against mean probability per bin, over every (image, finding) pair, with the
+    pairs per bin below: a calibrated model lies on the diagonal."""
+    fig = Figure(figsize=(5.2, 5.6))
+    ax, axn = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    pts = [(c, f) for c, f in zip(rel["confidence"], rel["frequency"]) if c is not None]
+    ax.plot([0, 1], [0, 1], linestyle=":", color="0.5", label="calibrated")
+    if pts:
+        ax.plot(*zip(*pts), marker="o", color="tab:blue", label=f"model (ECE {rel['ece']:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed frequency", title="Reliability, every finding pooled")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    k = len(rel["count"])
+    axn.bar((np.arange(k) + 0.5) / k, rel["count"], width=0.9 / k, color="0.6")
+    axn.set_yscale("log")
+    axn.set(xlabel="predicted probability (bin)", ylabel="pairs")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _calibration(cal: dict | None) -> str:
+    """ECE per finding, and sensitivity and specificity at the checkpoint's thresholds."""
+    if not cal:
+        return ""
+    th = cal.get("thresholds")
+    where = (f"Thresholds: {th['rule']}, chosen on {_esc(th['csv'])} ({th['n_images']} images)." if th else
+             "This checkpoint has no thresholds; choose them on the validation CSV with <code>roi-consistency "
+             "calibrate</code>.")
+    warn = f"<p><b>Warning:</b> {_esc(cal['warning'])}.</p>" if cal.get("warning") else ""
+    rows = "".join(
+        f"<tr><td>{_esc(c)}</td><td>{v['n_pos']}</td><td>{_fmt(v['ece'])}{_ci(v.get('ece_ci95'))}</td>"
+        f"<td>{_fmt(v.get('threshold'))}</td><td>{_fmt(v.get('sensitivity'))}{_ci(v.get('sensitivity_ci95'))}</td>"
+        f"<td>{_fmt(v.get('specificity'))}{_ci(v.get('specificity_ci95'))}</td></tr>"
+        for c, v in cal["per_class"].items())
+    return (f"<h2 id='calibration'>Calibration and operating points</h2><p>Expected calibration error (ECE, "
+            f"{cal['bins']} equal-width bins: the pair-weighted gap between the predicted probability and the observed "
+            f"frequency), mean over findings {_fmt(cal['mean_ece'])}. {where} A finding is called positive at or "
+            f"above its threshold, as <code>infer</code> writes <code>positive</code>.</p>{warn}"
+            "<table><tr><th>finding</th><th>positives</th><th>ECE ↓</th><th>threshold</th><th>sensitivity</th>"
+            f"<th>specificity</th></tr>{rows}</table>"
+            + _img(_reliability_figure(cal["reliability"]), "reliability diagram"))
+
+
 ROAD_NOTE = (
     "<b>ROAD.</b> Above, removed pixels show the model's fill, and the classifier was trained on masked images "
     "with that same fill. Below, ROAD (Rong et al. 2022) fills them from their neighbours instead (noisy linear "
@@ -398,10 +528,13 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
         *([f"<p>{ROAD_NOTE}</p>", _img(_faithfulness_figure(metrics["road"], r, ROAD_CURVES), "ROAD curves",
                                         "The same removals, with ROAD's imputation in place of the fill.")]
           if metrics.get("road") else []),
+        _curves(metrics.get("curves")),
         "<h2 id='localisation'>Localisation</h2>",
         _localization(metrics.get("localization"), metrics.get("box_control")),
         _by_size(metrics.get("localization_by_size")),
         _leakage(metrics.get("leakage"), metrics.get("leakage_boxed")),
+        _sanity(metrics.get("sanity")),
+        _calibration(metrics.get("calibration")),
         "<h2 id='examples'>Examples</h2>",
         "<p>Green: ground-truth boxes. Colour: the map (jet, red = high). White outline: the kept top-r region.</p>",
         examples_html,
@@ -440,6 +573,24 @@ def format_summary(m: dict) -> str:
         lines.append(f"  the same on the {boxed['n_images']} boxed images, against the true boxes as the reference: "
                      + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in boxed.items()
                                  if isinstance(v, dict) and v["mean_auroc"] is not None))
+    cv = m.get("curves")
+    if cv and cv.get("n_pairs"):
+        lines.append(f"  deletion / insertion AUC, fill | ROAD ({cv['n_pairs']} pairs on {cv['n_images']} images): "
+                     + ", ".join(f"{k} {cv['fill'][k]['deletion']['auc']:.3f}/{cv['fill'][k]['insertion']['auc']:.3f}"
+                                 f" | {cv['road'][k]['deletion']['auc']:.3f}/{cv['road'][k]['insertion']['auc']:.3f}"
+                                 for k in cv["fill"]))
+    san = m.get("sanity")
+    if san:
+        lines.append(f"  randomisation check ({san['n_pairs']} pairs, {' + '.join(san['stages'])} randomised): "
+                     + ", ".join(f"{k} median rho {v['median'][-1]:+.2f} {'pass' if v['pass'] else 'FAIL'}"
+                                 for k, v in san["maps"].items()))
+    cal = m.get("calibration")
+    if cal:
+        ops = [v for v in cal["per_class"].values() if v.get("sensitivity") is not None]
+        sens, spec = (np.mean([v[k] for v in ops]) if ops else 0.0 for k in ("sensitivity", "specificity"))
+        at = (f"; at the {cal['thresholds']['rule']} thresholds, mean sensitivity {sens:.3f}, specificity {spec:.3f}"
+              if ops else "; no thresholds in the checkpoint (roi-consistency calibrate)")
+        lines.append(f"  calibration: mean ECE {cal['mean_ece']:.4f} ({cal['bins']} bins){at}")
     return "\n".join(lines)
 
 

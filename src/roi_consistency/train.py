@@ -41,7 +41,7 @@ from roi_consistency.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from roi_consistency.config import GROUP_OF, PRESETS, TrainConfig
+from roi_consistency.config import GROUP_OF, PRESETS, THRESHOLD_RULES, TrainConfig
 from roi_consistency.data import ImageCSVDataset, SeededSampler, normal_mean_image
 from roi_consistency.errors import UserError
 from roi_consistency.lock import RunLock
@@ -115,6 +115,8 @@ def check_config(cfg: TrainConfig, given: set[str]) -> None:
     if not 0 < m.min_keep_ratio <= m.keep_ratio:
         raise UserError(f"the mask stage's smallest keep ratio must be in (0, --keep-ratio={m.keep_ratio}], "
                         f"got {m.min_keep_ratio}")
+    if m.threshold_rule not in THRESHOLD_RULES:
+        raise UserError(f"threshold_rule {m.threshold_rule}: choose from {', '.join(THRESHOLD_RULES)}")
     if m.joint:
         _check_joint(cfg, given)
     else:
@@ -208,6 +210,7 @@ class RunState:
     optim: dict[str, dict] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     best: dict | None = None
+    thresholds: dict | None = None  # the operating points of the weights at step thresholds["step"]
 
     @property
     def step(self) -> int:
@@ -216,12 +219,13 @@ class RunState:
     @classmethod
     def from_checkpoint(cls, ck: dict, rng: dict) -> "RunState":
         progress = {s: Position(**p, rng=rng) for s, p in ck["progress"].items()}
-        return cls(ck["stage"], progress, dict(ck["optim"]), list(ck["history"]), ck["best"])
+        return cls(ck["stage"], progress, dict(ck["optim"]), list(ck["history"]), ck["best"], ck.get("thresholds"))
 
     def restart(self, stage: str) -> None:
         """Forget a stage's progress (its model changed under it)."""
         self.progress.pop(stage, None)
         self.optim.pop(stage, None)
+        self.thresholds = None  # the step count goes back: a step would match weights they were not chosen for
         if self.best and self.best["stage"] == stage:
             self.best = None
 
@@ -231,7 +235,9 @@ def checkpoint(model: ROIModel, cfg: TrainConfig, state: RunState, pos: Position
             "mask_net": model.mask_net.state_dict(),
             "fill_image": None if model.fill_image is None else model.fill_image.cpu(), "stage": state.stage,
             "progress": {s: p.as_dict() for s, p in state.progress.items()}, "optim": state.optim,
-            "step": state.step, "rng": pos.rng, "history": state.history, "best": state.best}
+            "step": state.step, "rng": pos.rng, "history": state.history, "best": state.best,
+            # only with the weights they were chosen for: a checkpoint taken mid-epoch has none
+            "thresholds": state.thresholds if state.thresholds and state.thresholds["step"] == state.step else None}
 
 
 def input_size(cfg: TrainConfig, stage: str, epoch: int, epochs: int) -> int:
@@ -269,7 +275,7 @@ def write_log(path: str, history: list[dict], classes: list[str]) -> None:
 def epoch_row(stage: str, pos: Position, step: int, lr: float, seconds: float, train: dict, val: dict) -> dict:
     row = {"stage": stage, "epoch": pos.epoch, "step": step, "lr": lr, "seconds": round(seconds, 2),
            "images_per_s": round(train["images_per_s"], 2), **{f"train_{k}": v for k, v in train["terms"].items()},
-           **{k: v for k, v in val.items() if k != "auroc"},
+           **{k: v for k, v in val.items() if k not in ("auroc", "thresholds")},
            **{f"auroc_{c}": v for c, v in val.get("auroc", {}).items()}}
     return {k: v for k, v in row.items() if v is not None}
 
@@ -350,6 +356,10 @@ def run_stage(s: Session, name: str, epochs: int) -> dict:
                       "(continue with --resume)")
             return {"stopped": True, "steps": pos.step - first_step, "metrics": metrics}
         metrics = stage.evaluate(s.model, s.data.val_loader, rt, cfg) if s.data.val_loader else {}
+        if metrics:
+            s.state.thresholds = {"rule": cfg.method.threshold_rule, "values": metrics["thresholds"],
+                                  "csv": str(Path(cfg.data.val_csv).resolve()), "n_images": metrics["n_val"],
+                                  "step": s.state.step}
         pos.epoch, pos.batch, pos.rng = pos.epoch + 1, 0, rng_state()
         end_epoch(s, name, epochs, pos, epoch_row(name, pos, s.state.step, scheduler.get_last_lr()[0],
                                                   time.perf_counter() - t0, train, metrics), save)

@@ -1,0 +1,60 @@
+"""The randomisation check: a map that ignores the model fails it, Grad-CAM passes it."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from roi_consistency.checkpoint import load_trained
+from roi_consistency.data import ImageCSVDataset
+from roi_consistency.evaluate import evaluate_checkpoint, sanity_pairs
+from roi_consistency.sanity import cascade_stages, randomise, sanity_check, spearman
+
+
+def test_stages_run_top_down_for_resnet_and_convnext():
+    names = [n for n, _ in cascade_stages(torchvision.models.resnet18())]
+    assert names == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
+    names = [n for n, _ in cascade_stages(torchvision.models.convnext_tiny())]
+    assert names[:3] == ["classifier", "features.7", "features.6"] and names[-1] == "features.0"
+
+
+def test_spearman_counts_ties_once_and_a_constant_map_as_zero():
+    a = torch.tensor([[0.0, 0.0, 0.0, 1.0, 2.0, 3.0]]).view(1, 1, 2, 3)
+    assert spearman(a, a * 5 + 1)[0] == pytest.approx(1.0)
+    assert spearman(a, -a)[0] == pytest.approx(-1.0)
+    assert spearman(a, torch.zeros_like(a))[0] == 0.0
+
+
+def test_randomise_reinitialises_weights_and_running_statistics():
+    net = torchvision.models.resnet18().eval()
+    net.layer4[0].bn1.running_mean.fill_(3.0)
+    before = net.layer4[0].conv1.weight.clone()
+    randomise(net.layer4, seed=0)
+    assert not torch.equal(before, net.layer4[0].conv1.weight)
+    assert net.layer4[0].bn1.running_mean.abs().max() == 0
+
+
+def test_edges_fail_and_gradcam_passes_and_the_model_is_left_as_trained(trained64, phantom64):
+    model, cfg = load_trained(trained64)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ds = ImageCSVDataset(phantom64["test"], phantom64["images"], cfg.model.img_size, cfg.data.classes)
+    rows = np.flatnonzero((ds.labels > 0.5).any(1))[:24]
+    pairs = sanity_pairs(ds, rows, {}, model, torch.device("cpu"))
+    s = sanity_check(model, cfg.method.mode, pairs, steps=3, seed=0, chunk=8)
+    assert s["stages"] == ["fc", "layer4", "layer3"] and s["n_pairs"] == len(rows)
+    edges, cam, learned = (s["maps"][k] for k in ("edges", "gradcam", "learned"))
+    assert edges["median_abs"] == pytest.approx([1.0, 1.0, 1.0]) and not edges["pass"]
+    assert cam["pass"] and cam["median_abs"][-1] < 0.2, cam
+    assert learned["median"][-1] < learned["median"][0] or learned["median"][0] < 0.9, learned  # it moves
+    lo, hi = cam["median_ci95"][-1]
+    assert lo <= cam["median"][-1] <= hi
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())  # a copy was randomised
+
+
+def test_evaluate_sanity_writes_the_check_into_metrics_and_the_report(trained64, phantom64, tmp_path):
+    m = evaluate_checkpoint(str(trained64), str(phantom64["test"]), str(phantom64["images"]), out_dir=str(tmp_path),
+                            keep_ratios=(0.1,), road_ratios=(0.1,), curve_images=16, sanity=True, sanity_images=12,
+                            n_examples=1, workers=0, progress=False)
+    assert m["sanity"]["n_pairs"] == 12 and set(m["sanity"]["maps"]) == {"learned", "gradcam", "edges"}
+    assert m["curves"]["n_images"] == 16
+    html = (tmp_path / "report.html").read_text()
+    assert "id='sanity'" in html and "randomisation check" in html
