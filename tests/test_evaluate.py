@@ -196,6 +196,10 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
         assert o["insertion"]["auc"] > r["insertion"]["auc"] + 0.1, (kind, o, r)
         assert o["deletion"]["auc_ci95"][1] < r["deletion"]["auc_ci95"][0]
         assert len(o["deletion"]["curve"]) == len(cv["ratios"])
+    # by lesion size too (here every box has the same area: one tercile holds them all)
+    size = m["localization_by_size"]
+    assert all((size["boxes"][t]["pointing_game"] or 0) >= (size["random"][t]["pointing_game"] or 0)
+               for t in ("small", "medium", "large")) and size["boxes"]["large"]["pointing_game"] == 1.0
     # one more explainer is one more entry in every pass
     for key in ("faithfulness", "road", "kept_fraction", "leakage"):
         assert set(m[key]) == {"boxes", "random"}, key

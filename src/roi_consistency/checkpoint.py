@@ -75,7 +75,10 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> TrainConfig:
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu"):
     """(model in eval mode on `device`, its TrainConfig) from a checkpoint: classes, image size,
-    normalisation, keep ratio and fill always come from there."""
+    normalisation, keep ratio and fill always come from there. A folder written by `export` loads too."""
+    if Path(path).is_dir():
+        from roi_consistency.export import load_export
+        return load_export(path, device)
     return trained_from(load_checkpoint(path), path, device)
 
 

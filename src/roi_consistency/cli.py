@@ -149,12 +149,15 @@ def _evaluate(a: argparse.Namespace) -> None:
     from roi_consistency.evaluate import evaluate_checkpoint
     from roi_consistency.report import format_summary
     ratios, road = _ratios("--keep-ratios", a.keep_ratios), _ratios("--road-ratios", a.road_ratios)
+    if a.gallery_limit is not None and a.gallery_limit < 0:
+        raise UserError(f"--gallery-limit {a.gallery_limit}: give a number of images (0: no gallery)")
     if a.sanity_images < 1:
         raise UserError(f"--sanity-images {a.sanity_images}: the check needs at least one image")
     m = evaluate_checkpoint(a.checkpoint, a.csv, a.image_root, a.bbox, a.out_dir, keep_ratios=ratios, road_ratios=road,
                             curve_images=_curve_cap(a.curve_images), batch_size=a.batch_size, device=a.device,
                             n_examples=a.examples, seed=a.seed, workers=a.workers, cache=a.cache,
-                            skip_bad_images=a.skip_bad_images, sanity=a.sanity, sanity_images=a.sanity_images)
+                            skip_bad_images=a.skip_bad_images, sanity=a.sanity, sanity_images=a.sanity_images,
+                            gallery=a.gallery_limit != 0, gallery_limit=a.gallery_limit or None)
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
@@ -165,6 +168,12 @@ def _calibrate(a: argparse.Namespace) -> None:
                                   cache=a.cache, skip_bad=a.skip_bad_images)
     print(format_thresholds(record))
     print(f"written into {a.out or a.checkpoint}")
+
+
+def _export(a: argparse.Namespace) -> None:
+    from roi_consistency.export import export_model
+    folder = export_model(a.checkpoint, a.out, a.metrics)
+    print(f"export: model.safetensors, config.json, MODEL_CARD.md -> {folder} (load with roi_consistency.load)")
 
 
 def _curve_cap(text: str) -> int | None:
@@ -317,6 +326,8 @@ def _add_evaluate(sub) -> None:
                    help="also run the randomisation check: re-initialise the classifier's top stages one by one and "
                         "measure how much each map changes (a map that does not change ignores the model)")
     e.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) in the --sanity check")
+    e.add_argument("--gallery-limit", type=int, default=None, metavar="N",
+                   help="gallery.html shows the first N test images (default: all; 0: no gallery)")
     e.add_argument("--examples", type=int, default=8, help="example images in the report")
     e.add_argument("--seed", type=int, default=0, help="seed of the random-map control")
     e.set_defaults(func=_evaluate)
@@ -336,6 +347,19 @@ def _add_calibrate(sub) -> None:
                    help="youden: the ROC point of largest sensitivity + specificity - 1; f1: the point of best F1")
     c.add_argument("--out", default=None, help="write a calibrated copy here instead of updating --checkpoint")
     c.set_defaults(func=_calibrate)
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", formatter_class=HELP, help="write a shareable model folder (safetensors, no pickle)",
+                       description="Write OUT/model.safetensors (the weights and the fill image), OUT/config.json "
+                                   "(classes, image size, normalisation, keep ratio, fill, thresholds, the training "
+                                   "config, the package version, the weights' checksum) and OUT/MODEL_CARD.md (the "
+                                   "training data, the method, the evaluation, intended use and limits). "
+                                   "roi_consistency.load(OUT) and every --checkpoint read the folder back.")
+    x.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    x.add_argument("--out", required=True, help="folder to write")
+    x.add_argument("--metrics", default=None, help="an evaluation's metrics.json, for the model card's figures")
+    x.set_defaults(func=_export)
 
 
 def _add_screenshot(sub) -> None:
@@ -375,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_evaluate(sub)
     _add_calibrate(sub)
+    _add_export(sub)
     _add_screenshot(sub)
     return p
 

@@ -70,15 +70,19 @@ def decode_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, 
     coordinates refer to. RGBA/RGB files become one channel."""
     try:
         with Image.open(path) as im:
-            src = im.size
-            im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
-            return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0), src
+            return gray_resized(im, size), im.size
     except FileNotFoundError:
         raise UserError(f"image {path} not found (check --image-root)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports a broken PNG chunk as a SyntaxError
         raise UserError(f"image {path} could not be decoded ({exc})") from None
+
+
+def gray_resized(im: Image.Image, size: int) -> torch.Tensor:
+    """A PIL image as one uint8 channel [1, size, size]: the one way every image reaches the model."""
+    im = im.convert("L")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0)
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:

@@ -43,6 +43,7 @@ from roi_consistency.curves import summarize as curve_summary
 from roi_consistency.data import ImageCSVDataset, good_rows
 from roi_consistency.errors import UserError
 from roi_consistency.explainers import Pairs, default_explainers
+from roi_consistency.gallery import write_gallery
 from roi_consistency.labels import LabelError, canonical
 from roi_consistency.model import ROIModel, topk_mask
 from roi_consistency.road import impute
@@ -61,6 +62,8 @@ class EvalOptions:
     # 0: none)
     sanity: bool = False  # the randomisation check (sanity.py), on sanity_images test images with a finding
     sanity_images: int = 64
+    gallery: bool = True  # gallery.html, one card per (image, finding), thumbnails in gallery/
+    gallery_limit: int | None = None  # ... of the first N test images only
     batch_size: int = 16
     device: str = "auto"
     n_examples: int = 8
@@ -486,11 +489,15 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
                              model, dev)
         sanity = sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
-    y = ds.labels[t.drop_unscored()]
+    rows = t.drop_unscored()
+    y, out = ds.labels[rows], Path(out_dir)
     result = {**summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path,
                           opt.curve_images),
-              "sanity": sanity, "skipped_images": sorted(skipped + t.skipped)}
-    out = Path(out_dir)
+              "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None}
+    if opt.gallery:
+        result["gallery"] = {"page": "gallery.html", **write_gallery(
+            out / "gallery.html", model, ds, boxes, rows, t.p_full, default_explainers(model, cfg, opt.seed), r0,
+            model.thresholds, opt.batch_size, opt.gallery_limit)}
     write_json(out / "metrics.json", result)
     from roi_consistency.report import write_report
     write_report(out / "report.html", result, M.roc_curves(y, t.p_full, classes, result["auroc"]["full"]), t.examples)

@@ -14,32 +14,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from roi_consistency.api import load
 from roi_consistency.atomic import write_json, write_png
 from roi_consistency.cache import ImageCache
-from roi_consistency.checkpoint import load_trained
 from roi_consistency.config import FILLS
-from roi_consistency.data import ImageCSVDataset, good_rows, load_image
+from roi_consistency.data import ImageCSVDataset, good_rows
 from roi_consistency.errors import UserError
-from roi_consistency.model import Explanation, ROIModel, random_mask_logits, topk_mask
+from roi_consistency.model import ROIModel
 from roi_consistency.preflight import image_problem
-from roi_consistency.runtime import pick_device
-
-
-@torch.no_grad()
-def score(model: ROIModel, x: torch.Tensor, keep_ratio: float, random_map: bool = False) -> dict[str, torch.Tensor]:
-    """Probabilities for full/crop/drop, the map and its binary mask, and the explained class. random_map:
-    the model is the reference's random_mask control, whose region is random."""
-    xn = model.normalize(x)
-    e = Explanation(random_mask_logits(xn.shape, xn.device), None, None) if random_map else model.explain(xn)
-    m = topk_mask(e.logits, keep_ratio)
-    out = model.backbone(torch.cat([xn, *model.crop_drop(xn, m.to(xn.dtype))])).float()
-    p_full, p_crop, p_drop = torch.sigmoid(out).chunk(3)
-    return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "mask_logits": e.logits, "xn": xn,
-            "explained": e.cls}
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -97,8 +82,8 @@ NO_THRESHOLDS = ("note: {ck} has no operating points, so preds.json has no `posi
 def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json", keep_ratio: float | None = None,
               vis_dir: str | None = None, vis_limit: int = 16, batch_size: int = 16, device: str = "auto",
               workers: int = 2, progress: bool = True, cache: str | None = None, skip_bad: bool = False) -> dict:
-    dev = pick_device(device)
-    model, cfg = load_trained(checkpoint, dev)
+    api = load(checkpoint, device)
+    model, cfg, dev = api.net, api.cfg, api.device
     classes, size = cfg.data.classes, cfg.model.img_size
     r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
     if model.thresholds is None and progress:
@@ -113,7 +98,7 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
             x, y, idx = good_rows(batch, ds.names, skipped)
             if not len(idx):
                 continue
-            s = score(model, x.to(dev), r, cfg.method.mode == "random_mask")
+            s = api.score(x.to(dev), r)
             for j, i in enumerate(idx.tolist()):
                 labels = [c for c, v in zip(classes, y[j].tolist()) if v > 0.5] if ds.has_labels else None
                 preds.append(prediction_record(ds.names[i], classes, s, j, labels, model.thresholds))
@@ -128,14 +113,13 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
 def infer_image(checkpoint: str, image: str, keep_ratio: float | None = None, out: str | None = None,
                 save_mask: str | None = None, save_crop: str | None = None, vis_dir: str | None = None,
                 device: str = "auto") -> dict:
-    dev = pick_device(device)
-    model, cfg = load_trained(checkpoint, dev)
+    api = load(checkpoint, device)
+    model, cfg = api.net, api.cfg
     r = keep_ratio if keep_ratio is not None else cfg.method.keep_ratio
     problem = image_problem(Path(image))
     if problem:
         raise UserError(f"--image {image}: {problem}")
-    x = load_image(image, cfg.model.img_size).float().div_(255).unsqueeze(0).to(dev)
-    s = score(model, x, r, cfg.method.mode == "random_mask")
+    s = api.score(next(api.batches([image], 1, False)), r)
     if save_mask:
         write_png(save_mask, (s["mask"][0, 0].cpu().numpy() * 255).astype(np.uint8))
     if save_crop:

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from .atomic import write_png, write_text
+from .atomic import write_json, write_png, write_text
 from .errors import UserError
 from .labels import FINDINGS, NO_FINDING
 
@@ -301,6 +301,9 @@ def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, 
     tasks = [(i, str(paths[i]), labels[i], i in rgba, size, seed, style) for i in range(n_images)]
     boxes = _render_all(tasks, workers, progress)
     test, train_val, n_boxes = _write_metadata(out, rows, labels, views, boxes, test_patients, size)
+    # the mark an exported model's card reads: these are synthetic films, not chest X-rays
+    write_json(out / "PHANTOM.json", {"generator": "roi-consistency phantom", "n_images": n_images, "size": size,
+                                      "seed": seed, "style": style})
     return {"out": str(out), "n_images": n_images, "n_patients": n_patients, "n_test": len(test),
             "n_train_val": len(train_val), "n_boxes": n_boxes,
             "positives": {f: sum(f in lab for lab in labels) for f in findings}}

@@ -504,6 +504,10 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
     meta = (f"Checkpoint <code>{_esc(metrics.get('checkpoint', '?'))}</code> · "
             f"{_esc(metrics.get('n_images', '?'))} test images · keep ratio r = {r:g} · "
             f"removed pixels filled with {_esc(fill)}")
+    gallery = metrics.get("gallery")
+    if gallery:
+        meta += (f" · <a href='{_esc(gallery['page'])}'>the gallery</a>: {gallery['n_cards']} cards of "
+                 f"{gallery['n_images']} test images, to sort, filter and open")
     howto = (
         "<p><b>How to read this.</b> Each map (learned mask, Grad-CAM, random) is cut to its top-r pixels. "
         "<i>Comprehensiveness</i> = p_full − p_drop, the drop in the true-class probability when that region is "

@@ -1,0 +1,74 @@
+"""gallery.html: every test image's cards, sorted, filtered and opened in headless Chromium."""
+import json
+
+import numpy as np
+import pytest
+
+from roi_consistency.evaluate import evaluate_checkpoint
+from roi_consistency.gallery import cards_of
+from test_report import BROWSER_ARGS, _chromium_or_skip
+
+
+def test_cards_are_true_positives_misses_false_positives_and_negatives():
+    y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]], float)
+    p = np.array([[0.9, 0.1, 0.1], [0.2, 0.8, 0.7], [0.1, 0.3, 0.2], [0.1, 0.1, 0.6]])
+    th = {"values": {"a": 0.5, "b": 0.5, "c": 0.5}}
+    assert cards_of(list("wxyz"), y, p, ["a", "b", "c"], th) == [
+        (0, 0, "TP"), (1, 0, "missed"), (1, 1, "TP"), (1, 2, "FP"), (2, 1, "TN"), (3, 2, "FP")]
+
+
+@pytest.fixture(scope="module")
+def gallery(trained64, phantom64, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gallery")
+    m = evaluate_checkpoint(str(trained64), str(phantom64["test"]), str(phantom64["images"]),
+                            bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(out), keep_ratios=(0.1,),
+                            road_ratios=(0.1,), curve_images=0, gallery_limit=40, n_examples=1, workers=0,
+                            progress=False)
+    return out, m
+
+
+def test_evaluate_writes_the_gallery_and_links_it(gallery):
+    out, m = gallery
+    g = m["gallery"]
+    assert g["n_images"] == 40 and g["n_cards"] >= 40 and g["folder_bytes"] > 0
+    assert len(list((out / "gallery" / "thumb").glob("*.jpg"))) == g["n_cards"]
+    assert len(list((out / "gallery" / "detail").glob("*.jpg"))) == g["n_cards"]
+    assert "href='gallery.html'" in (out / "report.html").read_text()
+    assert json.loads((out / "metrics.json").read_text())["gallery"]["n_cards"] == g["n_cards"]
+
+
+def _order(page):
+    return page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.id)")
+
+
+def test_sorting_filtering_and_the_detail_view_in_chromium(gallery):
+    exe = _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+    out, m = gallery
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto((out / "gallery.html").resolve().as_uri(), wait_until="load")
+            by_p = _order(page)
+            assert len(by_p) == m["gallery"]["n_cards"]
+            page.select_option("#sort", "faithfulness")
+            assert _order(page) != by_p and sorted(_order(page)) == sorted(by_p)  # same cards, another order
+            page.select_option("#finding", "Effusion")
+            shown = page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.finding)")
+            assert shown and set(shown) == {"Effusion"} and len(shown) < len(by_p)
+            page.click(".card >> nth=0")
+            assert page.is_visible("#detail")
+            captions = page.inner_text("#d-captions")
+            assert all(k in captions for k in ("learned", "gradcam", "random"))
+            page.wait_for_function("document.getElementById('d-img').complete")
+            assert page.eval_on_selector("#d-img", "i => i.naturalWidth") == 4 * 48
+            assert "p full" in page.inner_text("#d-probs")
+            page.click("#close")
+            assert not page.is_visible("#detail")
+        finally:
+            browser.close()
+    assert not problems, problems
