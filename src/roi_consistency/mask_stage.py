@@ -9,8 +9,6 @@ backward pass saved); only the input pixels of the crop and drop images do.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +18,6 @@ from roi_consistency.data import to_input
 from roi_consistency.loop import Validation, log_uniform, run_epoch
 from roi_consistency.losses import mask_loss
 from roi_consistency.model import ROIModel, binary_mask
-from roi_consistency.road import impute
 
 PAIRS_PER_IMAGE = 2  # a micro-batch trains at most this many pairs per image: memory stays bounded on NIH
 
@@ -44,16 +41,7 @@ def mask_outputs(model: ROIModel, xn: torch.Tensor, keep_ratio: float, cls: torc
     the map each image of xn draws for its class in cls."""
     e = model.explain(xn, cls)
     m, soft = binary_mask(e.logits, keep_ratio)
-    if os.environ.get("ROI_MASK_REMOVAL") == "road":  # experiment: removed pixels ROAD-imputed, not the fill
-        with torch.no_grad():
-            gray = model.to_gray(xn)[:, None]
-            hard = m.detach().float()
-            f_crop = model.normalize(impute(gray, hard)).to(xn.dtype)
-            f_drop = model.normalize(impute(gray, 1 - hard)).to(xn.dtype)
-        mm = m.to(xn.dtype)
-        crop, drop = xn * mm + f_crop * (1 - mm), xn * (1 - mm) + f_drop * mm
-    else:
-        crop, drop = model.crop_drop(xn, m.to(xn.dtype))
+    crop, drop = model.crop_drop(xn, m.to(xn.dtype))
     crop_l, drop_l = model.backbone(torch.cat([crop, drop])).chunk(2)
     return e.full, crop_l, drop_l, soft, m, e.cls
 
