@@ -74,7 +74,7 @@ def _sanity():
         return {"median": med, "median_ci95": [[v - 0.05, v + 0.05] for v in med],
                 "quartiles": [[v - 0.1, v + 0.1] for v in med], "constant_share": [0.0] * 3, "pass": ok}
     return {"stages": ["fc", "layer4", "layer3"], "n_pairs": 12, "pass_below": 0.2,
-            "randomised": "the classifier's stages", "maps": {"learned": m([0.6, 0.3, 0.1234], True),
+            "randomised": "top <i>stages</i>", "maps": {"learned": m([0.6, 0.3, 0.1234], True),
                                                               "gradcam": m([0.2, 0.1, 0.05], True),
                                                               "edges": m([1.0, 1.0, 1.0], False)}}
 
@@ -149,6 +149,7 @@ def test_report_is_self_contained_and_escaped(reports):
     assert text.count("<img ") == 1 + 1 + 2 + 1 + 1 + 1 + 2
     assert "0.180 <span" in text and "36 (image, finding) pairs" in text and "of the 34 with" in text  # curves
     assert "0.123" in text and "<b>fail</b>" in text  # sanity: learned's last median, the edge map fails
+    assert "Randomised: top &lt;i&gt;stages&lt;/i&gt;." in text
     assert "0.313" in text and "0.914" in text and "0.041" in text and "youden, chosen on val.csv" in text
     assert "By lesion size" in text and "1.23 % and 4.56 %" in text and "small (3 boxes)" in text and "0.333 /" in text
     assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text

@@ -82,7 +82,7 @@ def model_card(config: dict, cfg: TrainConfig, metrics: dict | None, metrics_pat
              f"step {config['step']}). Load it with `roi_consistency.load(folder)`.", "",
              "## What it is", "",
              f"A classifier of {len(d.classes)} chest X-ray findings ({', '.join(d.classes)}), with a learned map of "
-             f"the region its prediction relies on: the top {me.keep_ratio:g} of the pixels.", "",
+             f"the region its prediction relies on: the top {me.keep_ratio:.0%} of the pixels.", "",
              "## Training data", "",
              f"- train: {split_sizes(d.train_csv)}", f"- validation: {split_sizes(d.val_csv)}",
              f"- images: `{d.image_root}`"]

@@ -435,9 +435,9 @@ def _sanity(san: dict | None) -> str:
             "classifier's stages are re-initialised top-down, cumulatively, and each map is drawn again on "
             f"{san['n_pairs']} (image, finding) pairs; a map that hardly changes explains the image, not the model "
             f"(Adebayo et al. 2018). Cells: the median Spearman correlation with the original after each step, "
-            f"with its interval. A map passes when the median of |ρ| falls below {san['pass_below']:g} once the top "
-            "stages are random. Randomised: {_esc(san['randomised'])}. The edge "
-            "map ignores the model: the control that must fail.</p>"
+            f"with its interval. A map passes when the median falls below {san['pass_below']:g} once the top stages "
+            f"are random (the median of |ρ| is given beside the verdict). Randomised: {_esc(san['randomised'])}. "
+            "The edge map ignores the model: the control that must fail.</p>"
             f"<table><tr><th>map</th>{head}<th>verdict</th></tr>{rows}</table>"
             + _img(_sanity_figure(san), "randomisation check", "Median and quartiles over the pairs."))
 
