@@ -72,3 +72,28 @@ def test_sorting_filtering_and_the_detail_view_in_chromium(gallery):
         finally:
             browser.close()
     assert not problems, problems
+
+
+def test_a_large_test_set_is_shown_a_page_at_a_time(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from roi_consistency.gallery import page_html
+    exe = _chromium_or_skip()
+    recs = [{"id": k, "image": f"{k:08d}_000.png", "p_crop": 0.5, "p_drop": 0.1, "hit": k % 3 == 0,
+             "maps": ["learned", "gradcam", "random"], "finding": "Mass" if k % 2 else "Nodule", "category": "TP",
+             "labels": ["Mass"], "p_full": k / 1200} for k in range(1200)]
+    (tmp_path / "gallery.html").write_text(page_html(recs, ["Mass", "Nodule"]))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "gallery.html").as_uri(), wait_until="load")
+            assert page.locator(".card").count() == 500 and _order(page)[0] == "1199"  # highest p first
+            page.click("#more")
+            assert page.locator(".card").count() == 1000
+            page.click("#more")
+            assert page.locator(".card").count() == 1200 and not page.is_visible("#more")
+            page.select_option("#finding", "Nodule")  # a new filter starts at the first page again
+            assert page.locator(".card").count() == 500 and "600 of 1200 cards" in page.inner_text("#count")
+        finally:
+            browser.close()

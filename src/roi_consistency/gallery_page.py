@@ -32,6 +32,7 @@ The thumbnail outlines the learned map's kept region. Click a card for the maps.
 <option value="TN">true negative</option></select></label>
 <span id="count"></span></div>
 <div id="grid"></div>
+<p><button id="more" hidden>show more</button></p>
 <div id="detail" hidden><div class="box"><button id="close" aria-label="close">&times;</button>
 <h2 id="d-title"></h2><div class="captions" id="d-captions"></div><img id="d-img" alt="the image and its maps">
 <p id="d-probs"></p></div></div>
@@ -54,13 +55,22 @@ function card(c) {
   f.addEventListener("click", () => show(c));
   return f;
 }
+const PAGE = 500;  // cards in the page at once: NIH's test set makes ~36,000
+let shown = [], limit = PAGE;
 function render() {
   const finding = $("finding").value, cat = $("category").value, key = $("sort").value;
-  const shown = cards.filter(c => (!finding || c.finding === finding) && (!cat || c.category === cat));
+  shown = cards.filter(c => (!finding || c.finding === finding) && (!cat || c.category === cat));
   shown.sort((a, b) => key === "hit" ? hitRank(a.hit) - hitRank(b.hit) || b.p_full - a.p_full : b[key] - a[key]);
-  $("grid").replaceChildren(...shown.map(card));
-  $("count").textContent = shown.length + " of " + cards.length + " cards";
+  limit = PAGE;
+  draw();
 }
+function draw() {
+  $("grid").replaceChildren(...shown.slice(0, limit).map(card));
+  $("count").textContent = shown.length + " of " + cards.length + " cards" +
+    (shown.length > limit ? ", the first " + limit + " shown" : "");
+  $("more").hidden = shown.length <= limit;
+}
+$("more").addEventListener("click", () => { limit += PAGE; draw(); });
 function show(c) {
   $("d-title").textContent = c.image + ": " + c.finding + " (" + NAMES[c.category] + ")";
   const caps = ["image, boxes in green"].concat(c.maps);
