@@ -9,7 +9,6 @@ from `evalx_min_keep` to 60% kept): even images keep the region, odd ones lose i
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import nn
@@ -19,7 +18,6 @@ from roi_consistency.data import to_input
 from roi_consistency.loop import Validation, log_uniform, run_epoch
 from roi_consistency.losses import classifier_loss
 from roi_consistency.model import ROIModel, random_mask_logits, topk_mask
-from roi_consistency.road import impute
 
 MAX_KEEP = 0.6  # the largest share a random region keeps
 
@@ -32,13 +30,7 @@ def evalx_logits(model: ROIModel, xn: torch.Tensor, n: int, keep_ratio: float,
         return full, full[:0]
     m = topk_mask(random_mask_logits(xn[:n].shape, xn.device, generator), keep_ratio).to(xn.dtype)
     keep = (torch.arange(n, device=xn.device) % 2 == 0).view(-1, 1, 1, 1)
-    km = torch.where(keep, m, 1 - m)
-    masked = model.crop_drop(xn[:n], km)[0]
-    if os.environ.get("ROI_EVALX_ROAD") == "1":  # experiment: half the masked copies ROAD-imputed, not filled
-        with torch.no_grad():
-            road = model.normalize(impute(model.to_gray(xn[:n])[:, None].float(), km.float())).to(masked.dtype)
-        half = (torch.arange(n, device=xn.device) % 4 >= 2).view(-1, 1, 1, 1)
-        masked = torch.where(half, road, masked)
+    masked = model.crop_drop(xn[:n], torch.where(keep, m, 1 - m))[0]
     full, masked_l = model.logits(xn, masked)
     return full, masked_l
 
