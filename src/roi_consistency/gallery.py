@@ -32,9 +32,10 @@ FOLDER = "gallery"
 
 
 def cards_of(names: list[str], y: np.ndarray, p: np.ndarray, classes: list[str], thresholds: dict | None) -> list:
-    """(row, class, category) per card; without thresholds a finding counts as called at p >= 0.5."""
-    t = np.array([(thresholds or {}).get("values", {}).get(c) or 0.5 for c in classes]) if thresholds else \
-        np.full(len(classes), 0.5)
+    """(row, class, category) per card, a finding called as infer's `positive` calls it (a finding whose
+    threshold is undefined, never); without thresholds at p >= 0.5."""
+    values = thresholds["values"] if thresholds else dict.fromkeys(classes, 0.5)
+    t = np.array([np.inf if values.get(c) is None else values[c] for c in classes])
     out = []
     for i in range(len(names)):
         true, called = y[i] > 0.5, p[i] >= t
