@@ -8,7 +8,7 @@ import torch
 
 from roi_consistency import cli
 from roi_consistency import metrics as M
-from roi_consistency.calibrate import calibrate_checkpoint
+from roi_consistency.calibrate import calibrate_checkpoint, called
 from roi_consistency.infer import infer_csv
 
 
@@ -22,6 +22,13 @@ def test_youden_and_f1_pick_different_points_and_an_undefined_class_gets_none():
     assert M.choose_thresholds(yy, pp, ["a", "b"], "f1")["a"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="youden"):
         M.choose_thresholds(yy, pp, ["a", "b"], "accuracy")
+
+
+def test_a_finding_is_called_at_its_threshold_never_when_undefined_and_at_half_without_thresholds():
+    p = np.array([[0.3, 0.99, 0.5], [0.29, 0.0, 0.49]])
+    th = {"values": {"a": 0.3, "b": None}}  # c absent: never called either
+    assert called(p, ["a", "b", "c"], th).tolist() == [[True, False, False], [False, False, False]]
+    assert called(p, ["a", "b", "c"], None).tolist() == [[False, True, True], [False, False, False]]
 
 
 def test_ece_is_zero_when_calibrated_and_the_gap_when_not():

@@ -64,6 +64,14 @@ def calibrate_checkpoint(checkpoint: str, csv: str, image_root: str, rule: str =
     return record
 
 
+def called(p: np.ndarray, classes: list[str], thresholds: dict | None) -> np.ndarray:
+    """Which findings are called positive: p (..., classes) at or above the class's stored threshold (a
+    class whose threshold is undefined, never); without thresholds, at p >= 0.5."""
+    values = thresholds["values"] if thresholds else dict.fromkeys(classes, 0.5)
+    t = np.array([np.inf if values.get(c) is None else values[c] for c in classes])
+    return np.asarray(p) >= t
+
+
 def format_thresholds(record: dict) -> str:
     lines = [f"thresholds ({record['rule']}, on {record['n_images']} images of {Path(record['csv']).name}):"]
     lines += [f"  {c:20s} {'undefined (one label value only)' if t is None else f'{t:.4f}'}"

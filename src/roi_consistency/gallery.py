@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from roi_consistency.atomic import write_text
+from roi_consistency.calibrate import called
 from roi_consistency.explainers import Pairs
 from roi_consistency.gallery_page import TEMPLATE
 from roi_consistency.infer import overlay
@@ -32,15 +33,13 @@ FOLDER = "gallery"
 
 
 def cards_of(names: list[str], y: np.ndarray, p: np.ndarray, classes: list[str], thresholds: dict | None) -> list:
-    """(row, class, category) per card, a finding called as infer's `positive` calls it (a finding whose
-    threshold is undefined, never); without thresholds at p >= 0.5."""
-    values = thresholds["values"] if thresholds else dict.fromkeys(classes, 0.5)
-    t = np.array([np.inf if values.get(c) is None else values[c] for c in classes])
+    """(row, class, category) per card, a finding called positive as infer's `positive` calls it."""
+    hits = called(p, classes, thresholds)
     out = []
     for i in range(len(names)):
-        true, called = y[i] > 0.5, p[i] >= t
-        row = [(i, int(c), "TP" if called[c] else "missed") for c in np.flatnonzero(true)]
-        row += [(i, int(c), "FP") for c in np.flatnonzero(called & ~true)]
+        true = y[i] > 0.5
+        row = [(i, int(c), "TP" if hits[i, c] else "missed") for c in np.flatnonzero(true)]
+        row += [(i, int(c), "FP") for c in np.flatnonzero(hits[i] & ~true)]
         out += row or [(i, int(p[i].argmax()), "TN")]
     return out
 

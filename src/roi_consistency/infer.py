@@ -20,6 +20,7 @@ from tqdm import tqdm
 from roi_consistency.api import load
 from roi_consistency.atomic import write_json, write_png
 from roi_consistency.cache import ImageCache
+from roi_consistency.calibrate import called
 from roi_consistency.config import FILLS
 from roi_consistency.data import ImageCSVDataset, good_rows
 from roi_consistency.errors import UserError
@@ -58,8 +59,7 @@ def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: li
     if labels is not None:
         rec["labels"] = labels
     if thresholds is not None:
-        t = thresholds["values"]
-        rec["positive"] = [c for c, p in zip(classes, full) if t.get(c) is not None and p >= t[c]]
+        rec["positive"] = [c for c, hit in zip(classes, called(np.array(full), classes, thresholds)) if hit]
     rec["prob_full"] = dict(zip(classes, full))
     rec["prob_crop"] = dict(zip(classes, crop))
     rec["prob_drop"] = dict(zip(classes, drop))
