@@ -1,0 +1,56 @@
+"""Where `evaluate`'s time goes: one evaluation under cProfile, each pass's cumulative seconds and its share
+of the whole, in one process. Used to choose the demo's caps (BENCHMARKS.md).
+
+    .venv/bin/python benchmarks/eval_profile.py runs/demo/checkpoints/nih_roi_consistency.best.pt runs/demo \
+        --curve-images 16 --road-ratios 0.1
+
+cProfile slows Python-heavy code more than the backbone's calls, so the shares, not the seconds, are the
+figure to read.
+"""
+import argparse
+import cProfile
+import pstats
+import tempfile
+import time
+
+from roi_consistency.evaluate import evaluate_checkpoint
+
+# (label, file suffix, function) of the passes reported, in the order evaluate runs them
+PASSES = [("the passes over the test set, in all", "evaluate.py", "evaluate_model"),
+          ("  image pass (every map at the model's ratio)", "evaluate.py", "image_pass"),
+          ("  fill removal, every pass", "evaluate.py", "removal"),
+          ("  ROAD removal (the pair pass)", "evaluate.py", "road_removal"),
+          ("  deletion/insertion curves", "evaluate.py", "curve_pass"),
+          ("  localisation", "evaluate.py", "localisation_pass"),
+          ("randomisation check (--sanity)", "sanity.py", "sanity_check"),
+          ("gallery.html", "gallery.py", "write_gallery"),
+          ("metrics and bootstrap", "evaluate.py", "summarize"),
+          ("report.html", "report.py", "write_report")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("demo_dir", help="a folder laid out as run_all.sh --demo leaves it (csv/, phantom/, cache256/)")
+    ap.add_argument("--curve-images", type=int, default=32)
+    ap.add_argument("--road-ratios", default="0.05,0.1,0.2")
+    ap.add_argument("--no-sanity", action="store_true")
+    a = ap.parse_args()
+    d = a.demo_dir
+    prof, t0 = cProfile.Profile(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        prof.runcall(evaluate_checkpoint, a.checkpoint, f"{d}/csv/nih_roi_test.csv", f"{d}/phantom/images",
+                     bbox=f"{d}/phantom/BBox_List_2017.csv", out_dir=out, cache=f"{d}/cache256", progress=False,
+                     sanity=not a.no_sanity, curve_images=a.curve_images,
+                     road_ratios=tuple(float(r) for r in a.road_ratios.split(",")))
+    wall = time.perf_counter() - t0
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    print(f"evaluate under cProfile: {wall:.1f} s (curve images {a.curve_images}, ROAD ratios {a.road_ratios}, "
+          f"sanity {not a.no_sanity})")
+    for label, suffix, name in PASSES:
+        ct = max((v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name), default=0.0)
+        print(f"  {label:56s} {ct:7.1f} s  {ct / wall:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
