@@ -23,7 +23,8 @@ PASSES = [("the passes over the test set, in all", "evaluate.py", "evaluate_mode
           ("  deletion/insertion curves", "evaluate.py", "curve_pass"),
           ("  localisation", "evaluate.py", "localisation_pass"),
           ("randomisation check (--sanity)", "sanity.py", "sanity_check"),
-          ("gallery.html", "gallery.py", "write_gallery"),
+          ("  gallery.html cards", "gallery.py", "add"),
+          ("gallery.html page", "gallery.py", "finish"),
           ("metrics and bootstrap", "evaluate.py", "summarize"),
           ("report.html", "report.py", "write_report")]
 

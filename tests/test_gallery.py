@@ -3,9 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from roi_consistency.checkpoint import load_trained
 from roi_consistency.evaluate import evaluate_checkpoint
-from roi_consistency.gallery import cards_of
+from roi_consistency.gallery import Gallery, cards_of
 from test_report import BROWSER_ARGS, _chromium_or_skip
 
 
@@ -15,6 +17,35 @@ def test_cards_are_true_positives_misses_false_positives_and_negatives():
     th = {"values": {"a": 0.5, "b": 0.5, "c": 0.5}}
     assert cards_of(list("wxyz"), y, p, ["a", "b", "c"], th) == [
         (0, 0, "TP"), (1, 0, "missed"), (1, 1, "TP"), (1, 2, "FP"), (2, 1, "TN"), (3, 2, "FP")]
+
+
+def test_cards_reuse_the_maps_the_passes_drew_and_draw_only_the_others(trained64, tmp_path):
+    model, cfg = load_trained(str(trained64), torch.device("cpu"))
+    classes, size = cfg.data.classes, cfg.model.img_size
+    asked = []
+
+    class Corner:  # a map peaked at the top-left pixel; records the classes it is asked for
+        name, ties = "learned", False
+
+        def __call__(self, pairs):
+            asked.append(pairs.cls.tolist())
+            m = torch.zeros(len(pairs.cls), 1, size, size)
+            m[:, :, 0, 0] = 1
+            return m
+
+    y, p = np.zeros((2, len(classes))), np.full((2, len(classes)), 0.01)
+    y[0, 0], p[1, 1] = 1, 0.99  # image a: a missed finding with a box; image b: a false positive
+    centre = torch.zeros(size, size)
+    centre[size // 2, size // 2] = 1  # the passes' map of a's finding: inside its box
+    box = (classes[0], size // 2 - 3, size // 2 - 3, 6, 6)
+    g = Gallery(tmp_path / "gallery.html", classes, {"values": dict.fromkeys(classes, 0.5)}, 0.1)
+    g.add(model, [Corner()], model.normalize(torch.rand(2, 3, size, size)), ["a.png", "b.png"], y, p,
+          {"a.png": [box]}, {(0, 0): {"learned": centre}})
+    assert asked == [[1]]  # only the false positive's map was drawn here
+    cards = {(r["image"], r["category"]): r for r in g.records}
+    assert cards[("a.png", "missed")]["hit"] is True  # the passes' map, not the corner
+    assert cards[("b.png", "FP")]["finding"] == classes[1] and cards[("b.png", "FP")]["hit"] is None
+    assert g.finish()["n_cards"] == 2 and len(list((tmp_path / "gallery" / "detail").glob("*.jpg"))) == 2
 
 
 @pytest.fixture(scope="module")

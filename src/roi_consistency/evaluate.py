@@ -43,7 +43,7 @@ from roi_consistency.curves import summarize as curve_summary
 from roi_consistency.data import ImageCSVDataset, good_rows
 from roi_consistency.errors import UserError
 from roi_consistency.explainers import Pairs, default_explainers
-from roi_consistency.gallery import write_gallery
+from roi_consistency.gallery import Gallery
 from roi_consistency.labels import LabelError, canonical
 from roi_consistency.model import ROIModel, topk_mask
 from roi_consistency.road import impute
@@ -140,6 +140,7 @@ class Tally:
         self.examples: list[dict] = []
         self.valid = np.zeros(n, bool)  # the rows scored (an image skipped mid-run is not)
         self.skipped: list[str] = []
+        self.gallery = None  # a Gallery, fed each batch
         self.curve_rows = np.zeros(0, np.int64)  # the test-set rows the curves are drawn on (curves.sample_rows)
         self.n_curve_candidates = 0  # of how many rows with a pair they were drawn
         self.curves: list[dict] = []  # per batch: curves.pair_curves's output and the pairs' "rows"
@@ -274,9 +275,13 @@ def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: 
         t.p_full[idx] = torch.sigmoid(model.backbone(xn).float()).cpu().numpy()
     image_pass(t, model, explainers, xn, idx, r0, gen)
     pairs, pb = batch_pairs(t, y, names, boxes, xn)
+    raw = {e.name: e(pairs) for e in explainers} if len(pairs) else {}
+    if t.gallery is not None:  # its cards reuse the pairs' maps
+        cls = pairs.cls.tolist()
+        drawn = {(b, cls[k]): {n: m[k, 0] for n, m in raw.items()} for k, b in enumerate(pb.tolist())}
+        t.gallery.add(model, explainers, xn, names, y, t.p_full[idx], boxes, drawn)
     if not len(pairs):
         return
-    raw = {e.name: e(pairs) for e in explainers}
     maps = {e.name: ranked(raw[e.name], e.ties, gen) for e in explainers}
     pair_pass(t, model, pairs, idx[pb], maps, t.ratios, gens["road"])
     curve_pass(t, model, pairs, idx[pb], maps, gens["curve"])
@@ -319,10 +324,11 @@ def example(model: ROIModel, xn: torch.Tensor, name: str, classes: list[str], yr
 
 
 def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers, ratios: list[float], r0: float,
-                   opt: EvalOptions, device: torch.device) -> Tally:
-    """Every pass over the test set, batch by batch."""
+                   opt: EvalOptions, device: torch.device, gallery: Gallery | None = None) -> Tally:
+    """Every pass over the test set, batch by batch (and the gallery's cards, when given one)."""
     road = sorted(set(float(r) for r in opt.road_ratios) | {r0})
     t = Tally(len(ds), ds.classes, [e.name for e in explainers], sorted(set(ratios) | set(road)), road)
+    t.gallery = gallery
     t.curve_rows, t.n_curve_candidates = sample_rows(ds.labels, ds.names, boxes, opt.curve_images, opt.seed)
     t.chunk = 4 * opt.batch_size
     gens = {"jitter": torch.Generator().manual_seed(opt.seed + 2), "road": torch.Generator().manual_seed(opt.seed + 3),
@@ -483,21 +489,21 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     skipped = ds.drop_bad(opt.skip_bad_images, opt.progress)
     boxes = model_boxes(ds, bbox, classes, size)
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
-    t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev)
+    out = Path(out_dir)
+    gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, opt.gallery_limit) if opt.gallery else None
+    t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev, gallery)
     sanity = None
     if opt.sanity:
         pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
                              model, dev)
         sanity = sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
     rows = t.drop_unscored()
-    y, out = ds.labels[rows], Path(out_dir)
+    y = ds.labels[rows]
     result = {**summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path,
                           opt.curve_images),
               "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None}
-    if opt.gallery:
-        result["gallery"] = {"page": "gallery.html", **write_gallery(
-            out / "gallery.html", model, ds, boxes, rows, t.p_full, default_explainers(model, cfg, opt.seed), r0,
-            model.thresholds, opt.batch_size, opt.gallery_limit)}
+    if gallery is not None:
+        result["gallery"] = {"page": "gallery.html", **gallery.finish()}
     write_json(out / "metrics.json", result)
     from roi_consistency.report import write_report
     write_report(out / "report.html", result, M.roc_curves(y, t.p_full, classes, result["auroc"]["full"]), t.examples)

@@ -4,7 +4,8 @@ One card per (image, finding): every true finding of an image (a true positive o
 the checkpoint's thresholds), every finding called positive that is not there (a false positive), and
 for an image with neither, its most probable finding (a true negative). Thumbnails and detail views
 are small JPEGs in `gallery/` beside the page, loaded lazily, so the page stays fast with NIH's 25,596
-test images; the cards' data sit in the page as JSON.
+test images; the cards' data sit in the page as JSON. The cards are rendered during evaluate's passes,
+batch by batch, from the maps the passes draw, so the gallery draws few maps of its own.
 
 The detail view shows the image with its boxes, then the learned map, Grad-CAM and the random map,
 each with its kept region (the model's keep ratio) outlined, and p full / crop / drop of the finding
@@ -68,49 +69,65 @@ def render(out: Path, k: int, gray: np.ndarray, maps: dict, r: float, boxes) -> 
     panels[1].resize((THUMB, THUMB), Image.BILINEAR).save(out / "thumb" / f"{k}.jpg", quality=80)
 
 
-def write_gallery(page: Path, model, ds, boxes: dict, rows: np.ndarray, p: np.ndarray, explainers, r: float,
-                  thresholds: dict | None, batch: int = 16, limit: int | None = None) -> dict:
-    """Render the cards of the test-set `rows` (with their p_full) and write the page; returns its summary."""
-    y = ds.labels[rows]
-    cards = cards_of([ds.names[i] for i in rows], y, p, ds.classes, thresholds)
-    if limit is not None:
-        keep = set(sorted({c[0] for c in cards})[:limit])
-        cards = [c for c in cards if c[0] in keep]
-    out = page.parent / FOLDER
-    for sub in ("thumb", "detail"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    records = []
-    for s in range(0, len(cards), batch):
-        records += _render_batch(out, s, cards[s:s + batch], model, ds, boxes, rows, explainers, r)
-    for rec, (i, c, cat) in zip(records, cards):
-        rec.update(finding=ds.classes[c], category=cat, labels=[f for f, v in zip(ds.classes, y[i]) if v > 0.5],
-                   p_full=float(p[i, c]))
-    write_text(page, page_html(records, ds.classes))
-    size = sum(f.stat().st_size for f in out.rglob("*.jpg"))
-    return {"n_cards": len(records), "n_images": len({c[0] for c in cards}), "folder_bytes": int(size)}
+class Gallery:
+    """The cards, rendered batch by batch from the maps evaluate's passes have just drawn (only a card
+    that is not an (image, true finding or box) pair, a false positive or a true negative, has its maps
+    drawn here), then the page. `limit`: the first N test images only."""
 
+    def __init__(self, page: Path, classes: list[str], thresholds: dict | None, r: float, limit: int | None = None):
+        self.page, self.classes, self.thresholds, self.r, self.limit = page, classes, thresholds, r, limit
+        self.out, self.records, self.n_images = page.parent / FOLDER, [], 0
+        for sub in ("thumb", "detail"):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
 
-def _render_batch(out: Path, start: int, cards: list, model, ds, boxes: dict, rows, explainers, r: float) -> list:
-    dev = model.mean.device
-    x = torch.stack([ds[int(rows[i])][0] for i, _, _ in cards]).to(dev)
-    names = [ds.names[int(rows[i])] for i, _, _ in cards]
-    bx = [[b for b in boxes.get(n, ()) if b[0] == ds.classes[c]] for n, (_, c, _) in zip(names, cards)]
-    pairs = Pairs(model.normalize(x), torch.tensor([c for _, c, _ in cards], device=dev),
-                  [[tuple(b[1:]) for b in bb] for bb in bx])
-    maps = {e.name: e(pairs)[:, 0].float().cpu().numpy() for e in explainers}
-    learned = topk_mask(torch.from_numpy(maps[explainers[0].name])[:, None], r).to(dev)
-    with torch.no_grad():
-        crop, drop = model.crop_drop(pairs.xn, learned.to(pairs.xn.dtype))
-        pc = torch.sigmoid(model.backbone(torch.cat([crop, drop])).float()).cpu().numpy()
-    gray = model.to_gray(pairs.xn).cpu().numpy()
-    recs = []
-    for j, (name, (_, c, _)) in enumerate(zip(names, cards)):
-        k = start + j
-        render(out, k, gray[j], {n: m[j] for n, m in maps.items()}, r, bx[j])
-        hit = [pointing_hit(maps[explainers[0].name][j], b[1:]) for b in bx[j]]
-        recs.append({"id": k, "image": name, "p_crop": float(pc[j, c]), "p_drop": float(pc[len(cards) + j, c]),
-                     "hit": None if not hit else bool(any(hit)), "maps": [e.name for e in explainers]})
-    return recs
+    def add(self, model, explainers, xn: torch.Tensor, names: list[str], y: np.ndarray, p: np.ndarray, boxes: dict,
+            drawn: dict) -> None:
+        """A batch's cards: its images xn (normalised), their labels y and p_full p; `drawn`: {(row in the
+        batch, class): {map name: raw map [H,W]}} of the pairs the passes explained."""
+        cards = cards_of(names, y, p, self.classes, self.thresholds)
+        if self.limit is not None:
+            room = sorted({b for b, _, _ in cards})[:max(0, self.limit - self.n_images)]
+            cards = [cd for cd in cards if cd[0] in room]
+        if not cards:
+            return
+        self.n_images += len({b for b, _, _ in cards})
+        todo = [k for k, (b, c, _) in enumerate(cards) if (b, c) not in drawn]
+        if todo:  # maps of the cards the passes did not draw
+            at = torch.tensor([cards[k][0] for k in todo], device=xn.device)
+            pairs = Pairs(xn[at], torch.tensor([cards[k][1] for k in todo], device=xn.device), [[] for _ in todo])
+            new = {e.name: e(pairs)[:, 0] for e in explainers}
+            drawn = {**drawn, **{cards[k][:2]: {n: m[j] for n, m in new.items()} for j, k in enumerate(todo)}}
+        maps = {e.name: torch.stack([drawn[(b, c)][e.name] for b, c, _ in cards]).float().cpu().numpy()
+                for e in explainers}
+        for rec, (b, c, cat) in zip(self._render(model, xn, names, cards, boxes, maps, explainers), cards):
+            rec.update(finding=self.classes[c], category=cat, p_full=float(p[b, c]),
+                       labels=[f for f, v in zip(self.classes, y[b]) if v > 0.5])
+            self.records.append(rec)
+
+    def _render(self, model, xn: torch.Tensor, names: list[str], cards: list, boxes: dict, maps: dict,
+                explainers) -> list:
+        dev, classes, first = xn.device, self.classes, explainers[0].name
+        at = torch.tensor([b for b, _, _ in cards], device=dev)
+        bx = [[bb for bb in boxes.get(names[b], ()) if bb[0] == classes[c]] for b, c, _ in cards]
+        learned = topk_mask(torch.from_numpy(maps[first])[:, None], self.r).to(dev)
+        with torch.no_grad():
+            crop, drop = model.crop_drop(xn[at], learned.to(xn.dtype))
+            pc = torch.sigmoid(model.backbone(torch.cat([crop, drop])).float()).cpu().numpy()
+        gray = model.to_gray(xn[at]).cpu().numpy()
+        recs = []
+        for j, (b, c, _) in enumerate(cards):
+            k = len(self.records) + j
+            render(self.out, k, gray[j], {n: m[j] for n, m in maps.items()}, self.r, bx[j])
+            hit = [pointing_hit(maps[first][j], bb[1:]) for bb in bx[j]]
+            recs.append({"id": k, "image": names[b], "p_crop": float(pc[j, c]), "p_drop": float(pc[len(cards) + j, c]),
+                         "hit": None if not hit else bool(any(hit)), "maps": [e.name for e in explainers]})
+        return recs
+
+    def finish(self) -> dict:
+        """Write the page; returns its summary."""
+        write_text(self.page, page_html(self.records, self.classes))
+        size = sum(f.stat().st_size for f in self.out.rglob("*.jpg"))
+        return {"n_cards": len(self.records), "n_images": self.n_images, "folder_bytes": int(size)}
 
 
 def page_html(records: list[dict], classes: list[str]) -> str:
