@@ -38,8 +38,8 @@ def test_cards_reuse_the_maps_the_passes_drew_and_draw_only_the_others(trained64
     centre = torch.zeros(size, size)
     centre[size // 2, size // 2] = 1  # the passes' map of a's finding: inside its box
     box = (classes[0], size // 2 - 3, size // 2 - 3, 6, 6)
-    g = Gallery(tmp_path / "gallery.html", classes, {"values": dict.fromkeys(classes, 0.5)}, 0.1)
-    g.add(model, [Corner()], model.normalize(torch.rand(2, 3, size, size)), ["a.png", "b.png"], y, p,
+    g = Gallery(tmp_path / "gallery.html", classes, {"values": dict.fromkeys(classes, 0.5)}, 0.1, [Corner()])
+    g.add(model, model.normalize(torch.rand(2, 3, size, size)), ["a.png", "b.png"], y, p,
           {"a.png": [box]}, {(0, 0): {"learned": centre}})
     assert asked == [[1]]  # only the false positive's map was drawn here
     cards = {(r["image"], r["category"]): r for r in g.records}

@@ -279,7 +279,7 @@ def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: 
     if t.gallery is not None:  # its cards reuse the pairs' maps
         cls = pairs.cls.tolist()
         drawn = {(b, cls[k]): {n: m[k, 0] for n, m in raw.items()} for k, b in enumerate(pb.tolist())}
-        t.gallery.add(model, explainers, xn, names, y, t.p_full[idx], boxes, drawn)
+        t.gallery.add(model, xn, names, y, t.p_full[idx], boxes, drawn)
     if not len(pairs):
         return
     maps = {e.name: ranked(raw[e.name], e.ties, gen) for e in explainers}
@@ -490,7 +490,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     boxes = model_boxes(ds, bbox, classes, size)
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
     out = Path(out_dir)
-    gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, opt.gallery_limit) if opt.gallery else None
+    gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, default_explainers(model, cfg, opt.seed),
+                      opt.gallery_limit) if opt.gallery else None
     t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev, gallery)
     sanity = None
     if opt.sanity:

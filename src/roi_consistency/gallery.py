@@ -72,19 +72,22 @@ def render(out: Path, k: int, gray: np.ndarray, maps: dict, r: float, boxes) -> 
 class Gallery:
     """The cards, rendered batch by batch from the maps evaluate's passes have just drawn (only a card
     that is not an (image, true finding or box) pair, a false positive or a true negative, has its maps
-    drawn here), then the page. `limit`: the first N test images only."""
+    drawn here, by the gallery's own `explainers`, so the random control's draws in the passes are the same
+    with or without a gallery), then the page. `limit`: the first N test images only."""
 
-    def __init__(self, page: Path, classes: list[str], thresholds: dict | None, r: float, limit: int | None = None):
+    def __init__(self, page: Path, classes: list[str], thresholds: dict | None, r: float, explainers,
+                 limit: int | None = None):
         self.page, self.classes, self.thresholds, self.r, self.limit = page, classes, thresholds, r, limit
+        self.explainers = explainers
         self.out, self.records, self.n_images = page.parent / FOLDER, [], 0
         for sub in ("thumb", "detail"):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
 
-    def add(self, model, explainers, xn: torch.Tensor, names: list[str], y: np.ndarray, p: np.ndarray, boxes: dict,
+    def add(self, model, xn: torch.Tensor, names: list[str], y: np.ndarray, p: np.ndarray, boxes: dict,
             drawn: dict) -> None:
         """A batch's cards: its images xn (normalised), their labels y and p_full p; `drawn`: {(row in the
         batch, class): {map name: raw map [H,W]}} of the pairs the passes explained."""
-        cards = cards_of(names, y, p, self.classes, self.thresholds)
+        cards, explainers = cards_of(names, y, p, self.classes, self.thresholds), self.explainers
         if self.limit is not None:
             room = sorted({b for b, _, _ in cards})[:max(0, self.limit - self.n_images)]
             cards = [cd for cd in cards if cd[0] in room]
