@@ -149,15 +149,12 @@ class LocalBright(nn.Module):
         return out
 
 
-def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_random(tmp_path):
+def bright_patches(tmp_path):
+    """24 grey 48-px films, every other one with a bright 8x8 patch (a Mass, boxed): (dataset, boxes)."""
     from PIL import Image
 
-    from roi_consistency.config import config
     from roi_consistency.data import ImageCSVDataset
-    from roi_consistency.evaluate import EvalOptions, evaluate_model, summarize
-    from roi_consistency.explainers import BoxOracle, Random
     from roi_consistency.labels import FINDINGS
-    from roi_consistency.model import MaskNet, ROIModel
     rng = np.random.default_rng(0)
     rows, boxes = ["image,labels"], {}
     for i in range(24):
@@ -170,7 +167,15 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
         Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(tmp_path / name)
         rows.append(f"{name},{'Mass' if i % 2 == 0 else 'Normal'}")
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
-    ds = ImageCSVDataset(tmp_path / "t.csv", tmp_path, 48, list(FINDINGS))
+    return ImageCSVDataset(tmp_path / "t.csv", tmp_path, 48, list(FINDINGS)), boxes
+
+
+def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_random(tmp_path):
+    from roi_consistency.config import config
+    from roi_consistency.evaluate import EvalOptions, evaluate_model, summarize
+    from roi_consistency.explainers import BoxOracle, Random
+    from roi_consistency.model import MaskNet, ROIModel
+    ds, boxes = bright_patches(tmp_path)
     model = ROIModel(LocalBright(), MaskNet()).eval()  # removed pixels show the ImageNet mean, the background
     opt = EvalOptions(keep_ratios=(0.05, 0.1), n_examples=2, workers=0, progress=False)
     t = evaluate_model(model, ds, boxes, [BoxOracle(), Random(0)], [0.05, 0.1], 0.1, opt, torch.device("cpu"))
@@ -204,6 +209,30 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
     for key in ("faithfulness", "road", "kept_fraction", "leakage"):
         assert set(m[key]) == {"boxes", "random"}, key
     assert set(t.examples[0]["maps"]) == {"boxes", "random"}
+
+
+def test_the_image_and_the_pair_figures_share_one_map_per_image_and_class(tmp_path):
+    from roi_consistency.evaluate import EvalOptions, evaluate_model
+    from roi_consistency.explainers import Random
+    from roi_consistency.model import MaskNet, ROIModel
+    ds, boxes = bright_patches(tmp_path)
+    drawn = []
+
+    class Counted(Random):
+        def __call__(self, pairs):
+            drawn.append(len(pairs))
+            return super().__call__(pairs)
+
+    opt = EvalOptions(keep_ratios=(0.05,), n_examples=0, workers=0, progress=False, gallery=False)
+    t = evaluate_model(ROIModel(LocalBright(), MaskNet()).eval(), ds, boxes, [Counted(0)], [0.05, 0.1], 0.1, opt,
+                       torch.device("cpu"))
+    top = t.p_full.argmax(1)
+    found = {(int(i), int(c)) for i, c in zip(*np.nonzero(ds.labels > 0.5))}
+    assert sum(drawn) == len(found | set(enumerate(top.tolist()))) < len(found) + len(top)
+    rows = np.array([i for i, c in enumerate(top.tolist()) if (i, c) in found])  # the most probable class is a finding
+    assert len(rows) == 12
+    for img, pair in ((t.crop_img, t.crop), (t.drop_img, t.drop)):  # the same random map scored both ways
+        np.testing.assert_array_equal(img["random"][rows, top[rows]], pair["random"][0.1][rows, top[rows]])
 
 
 def test_with_a_cache_box_sizes_come_from_its_index(trained64, phantom64, tmp_path, monkeypatch):

@@ -40,10 +40,14 @@ def test_cards_reuse_the_maps_the_passes_drew_and_draw_only_the_others(trained64
     box = (classes[0], size // 2 - 3, size // 2 - 3, 6, 6)
     g = Gallery(tmp_path / "gallery.html", classes, {"values": dict.fromkeys(classes, 0.5)}, 0.1, [Corner()])
     g.add(model, model.normalize(torch.rand(2, 3, size, size)), ["a.png", "b.png"], y, p,
-          {"a.png": [box]}, {(0, 0): {"learned": centre}})
+          {"a.png": [box]}, {(0, 0): {"learned": centre}}, {(0, 0): (np.full(len(classes), 0.25),
+                                                                      np.full(len(classes), 0.75))})
     assert asked == [[1]]  # only the false positive's map was drawn here
     cards = {(r["image"], r["category"]): r for r in g.records}
     assert cards[("a.png", "missed")]["hit"] is True  # the passes' map, not the corner
+    assert (cards[("a.png", "missed")]["p_crop"], cards[("a.png", "missed")]["p_drop"]) == (0.25, 0.75)  # theirs too
+    fp = cards[("b.png", "FP")]
+    assert 0 <= fp["p_crop"] <= 1 and 0 <= fp["p_drop"] <= 1 and fp["p_crop"] != 0.25  # computed here
     assert cards[("b.png", "FP")]["finding"] == classes[1] and cards[("b.png", "FP")]["hit"] is None
     assert g.finish()["n_cards"] == 2 and len(list((tmp_path / "gallery" / "detail").glob("*.jpg"))) == 2
 

@@ -165,11 +165,9 @@ class Tally:
         return rows
 
 
-@torch.no_grad()
 def removal(model: ROIModel, xn: torch.Tensor, m: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities [P,C] with the region m kept alone (crop) and removed (drop), with the model's fill."""
-    out = torch.sigmoid(model.backbone(torch.cat(model.crop_drop(xn, m.to(xn.dtype)))).float()).cpu().numpy()
-    return out[: len(xn)], out[len(xn):]
+    return tuple(v.cpu().numpy() for v in model.kept_and_removed(xn, m))
 
 
 @torch.no_grad()
@@ -187,25 +185,56 @@ def ranked(maps: torch.Tensor, ties: bool, gen: torch.Generator) -> torch.Tensor
     return maps + 1e-6 * torch.rand(maps.shape, generator=gen).to(maps.device) if ties else maps
 
 
-def image_pass(t: Tally, model: ROIModel, explainers, xn: torch.Tensor, rows: np.ndarray, r0: float, gen) -> None:
-    """Each explainer's map of each image's most probable class, at the model's ratio."""
-    pairs = Pairs(xn, torch.from_numpy(t.p_full[rows].argmax(1)).to(xn.device), [[] for _ in rows])
-    for e in explainers:
-        m = topk_mask(ranked(e(pairs), e.ties, gen), r0)
-        t.crop_img[e.name][rows], t.drop_img[e.name][rows] = removal(model, xn, m)
-        t.kept[e.name].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
-        t.pooled[e.name][rows] = F.adaptive_avg_pool2d(m, POOL).flatten(1).cpu().numpy()
+@dataclass
+class Entries:
+    """What one batch explains, one map per distinct (image, class): every (image, true finding) and
+    (image, boxed finding) pair, for the pair figures, and each image's most probable class, for the
+    image figures (the map `infer` applies). Most images' most probable class is one of their findings,
+    so the two share their maps and their removal at the model's ratio."""
+    pairs: Pairs  # all entries
+    b: np.ndarray  # each entry's row in the batch
+    scored: np.ndarray  # the entries that are pairs
+    top: np.ndarray  # per image of the batch, the entry of its most probable class
+
+    def subset(self, at: np.ndarray) -> Pairs:
+        i = torch.from_numpy(at).to(self.pairs.xn.device)
+        return Pairs(self.pairs.xn[i], self.pairs.cls[i], [self.pairs.boxes[k] for k in at.tolist()])
 
 
-def pair_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: dict, ratios: list[float],
+def batch_entries(t: Tally, y: np.ndarray, names: list[str], boxes: dict, xn: torch.Tensor, p: np.ndarray) -> Entries:
+    classes = t.classes
+    found = {(b, int(c)) for b in range(len(names)) for c in np.flatnonzero(y[b] > 0.5)}
+    found |= {(b, classes.index(bx[0])) for b, nm in enumerate(names) for bx in boxes.get(nm, ())}
+    top = [(b, int(c)) for b, c in enumerate(p.argmax(1))]
+    entries = sorted(found | set(top))
+    at = {e: k for k, e in enumerate(entries)}
+    pb = torch.tensor([b for b, _ in entries], dtype=torch.long, device=xn.device)
+    pc = torch.tensor([c for _, c in entries], dtype=torch.long, device=xn.device)
+    pboxes = [[tuple(bx[1:]) for bx in boxes.get(names[b], ()) if bx[0] == classes[c]] for b, c in entries]
+    return Entries(Pairs(xn[pb], pc, pboxes), pb.cpu().numpy(), np.flatnonzero([e in found for e in entries]),
+                   np.array([at[e] for e in top]))
+
+
+def image_pass(t: Tally, ent: Entries, rows: np.ndarray, masks: dict, removed: dict) -> None:
+    """Each explainer's map of each image's most probable class, at the model's ratio: from the entries'
+    top-r masks and their removal (crop, drop) there."""
+    for name, m in masks.items():
+        m = m[torch.from_numpy(ent.top).to(m.device)]
+        t.crop_img[name][rows], t.drop_img[name][rows] = (v[ent.top] for v in removed[name])
+        t.kept[name].append(m.mean(dim=(1, 2, 3)).cpu().numpy())
+        t.pooled[name][rows] = F.adaptive_avg_pool2d(m, POOL).flatten(1).cpu().numpy()
+
+
+def pair_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray, maps: dict, at_r0: dict, r0: float,
               road_gen: torch.Generator) -> None:
-    """Removal at every ratio for each pair, with the fill and with ROAD, scored on the pair's own class."""
+    """Removal at every ratio for each pair, with the fill and with ROAD, scored on the pair's own class;
+    at_r0: each map's removal at the model's ratio, already done for these pairs."""
     cls = pairs.cls.cpu().numpy()
     at = np.arange(len(cls))
     for name, mp in maps.items():
-        for r in ratios:
+        for r in t.ratios:
             m = topk_mask(mp, r)
-            c_, d_ = removal(model, pairs.xn, m)
+            c_, d_ = at_r0[name] if r == r0 else removal(model, pairs.xn, m)
             t.crop[name][r][rows, cls], t.drop[name][r][rows, cls] = c_[at, cls], d_[at, cls]
             if r not in t.road_ratios:
                 continue
@@ -253,37 +282,26 @@ def localisation_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray,
                             float(m_.mean())))
 
 
-def batch_pairs(t: Tally, y: np.ndarray, names: list[str], boxes: dict, xn: torch.Tensor):
-    """The batch's (image, class) pairs: every true finding, and every finding with a box. Returns the
-    Pairs, and each pair's image as (row in the batch, row in the test set)."""
-    classes = t.classes
-    found = {(b, int(c)) for b in range(len(names)) for c in np.flatnonzero(y[b] > 0.5)}
-    found |= {(b, classes.index(bx[0])) for b, nm in enumerate(names) for bx in boxes.get(nm, ())}
-    pairs = sorted(found)
-    pb = torch.tensor([b for b, _ in pairs], dtype=torch.long, device=xn.device)
-    pc = torch.tensor([c for _, c in pairs], dtype=torch.long, device=xn.device)
-    pboxes = [[tuple(bx[1:]) for bx in boxes.get(names[b], ()) if bx[0] == classes[c]] for b, c in pairs]
-    return Pairs(xn[pb], pc, pboxes), pb.cpu().numpy()
-
-
 def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: np.ndarray, y: np.ndarray,
                    names: list[str], boxes: dict, r0: float, n_examples: int, gens: dict) -> None:
     """All passes on one batch; gens: the seeded generators of the tie-breaking jitter and of ROAD's noise."""
-    gen = gens["jitter"]
     xn = model.normalize(x)
     with torch.no_grad():
         t.p_full[idx] = torch.sigmoid(model.backbone(xn).float()).cpu().numpy()
-    image_pass(t, model, explainers, xn, idx, r0, gen)
-    pairs, pb = batch_pairs(t, y, names, boxes, xn)
-    raw = {e.name: e(pairs) for e in explainers} if len(pairs) else {}
-    if t.gallery is not None:  # its cards reuse the pairs' maps
-        cls = pairs.cls.tolist()
-        drawn = {(b, cls[k]): {n: m[k, 0] for n, m in raw.items()} for k, b in enumerate(pb.tolist())}
-        t.gallery.add(model, xn, names, y, t.p_full[idx], boxes, drawn)
-    if not len(pairs):
+    ent = batch_entries(t, y, names, boxes, xn, t.p_full[idx])
+    raw = {e.name: e(ent.pairs) for e in explainers}
+    maps = {e.name: ranked(raw[e.name], e.ties, gens["jitter"]) for e in explainers}
+    masks = {k: topk_mask(v, r0) for k, v in maps.items()}
+    removed = {k: removal(model, ent.pairs.xn, m) for k, m in masks.items()}
+    image_pass(t, ent, idx, masks, removed)
+    if t.gallery is not None:
+        feed_gallery(t.gallery, model, xn, ent, raw, removed, names, y, t.p_full[idx], boxes)
+    if not len(ent.scored):
         return
-    maps = {e.name: ranked(raw[e.name], e.ties, gen) for e in explainers}
-    pair_pass(t, model, pairs, idx[pb], maps, t.ratios, gens["road"])
+    pairs, pb, si = ent.subset(ent.scored), ent.b[ent.scored], torch.from_numpy(ent.scored).to(xn.device)
+    raw, maps = ({k: v[si] for k, v in d.items()} for d in (raw, maps))
+    at_r0 = {k: (c[ent.scored], d[ent.scored]) for k, (c, d) in removed.items()}
+    pair_pass(t, model, pairs, idx[pb], maps, at_r0, r0, gens["road"])
     curve_pass(t, model, pairs, idx[pb], maps, gens["curve"])
     localisation_pass(t, model, pairs, idx[pb], raw, maps, r0)
     for k in first_pair_per_image(pb, pairs, bool(boxes)):
@@ -292,6 +310,17 @@ def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: 
         b = int(pb[k])
         t.examples.append(example(model, xn[b], names[b], t.classes, y[b], boxes.get(names[b], []),
                                   {name: (raw[name][k, 0], maps[name][k, 0]) for name in maps}, r0))
+
+
+def feed_gallery(gallery: Gallery, model: ROIModel, xn: torch.Tensor, ent: Entries, raw: dict, removed: dict,
+                 names: list[str], y: np.ndarray, p: np.ndarray, boxes: dict) -> None:
+    """The batch's gallery cards, from the entries' maps and, where its first map has no tie-breaking
+    jitter (so that its top-r is the passes'), their removal at the model's ratio."""
+    keys = list(zip(ent.b.tolist(), ent.pairs.cls.tolist()))
+    drawn = {key: {n: m[k, 0] for n, m in raw.items()} for k, key in enumerate(keys)}
+    first = None if gallery.explainers[0].ties else removed.get(gallery.explainers[0].name)
+    kept = {key: (first[0][k], first[1][k]) for k, key in enumerate(keys)} if first else {}
+    gallery.add(model, xn, names, y, p, boxes, drawn, kept)
 
 
 def first_pair_per_image(pb: np.ndarray, pairs: Pairs, with_boxes: bool) -> list[int]:

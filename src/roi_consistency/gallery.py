@@ -5,7 +5,7 @@ the checkpoint's thresholds), every finding called positive that is not there (a
 for an image with neither, its most probable finding (a true negative). Thumbnails and detail views
 are small JPEGs in `gallery/` beside the page, loaded lazily, so the page stays fast with NIH's 25,596
 test images; the cards' data sit in the page as JSON. The cards are rendered during evaluate's passes,
-batch by batch, from the maps the passes draw, so the gallery draws few maps of its own.
+batch by batch, from the maps and removals the passes compute, so the gallery computes little of its own.
 
 The detail view shows the image with its boxes, then the learned map, Grad-CAM and the random map,
 each with its kept region (the model's keep ratio) outlined, and p full / crop / drop of the finding
@@ -70,10 +70,11 @@ def render(out: Path, k: int, gray: np.ndarray, maps: dict, r: float, boxes) -> 
 
 
 class Gallery:
-    """The cards, rendered batch by batch from the maps evaluate's passes have just drawn (only a card
-    that is not an (image, true finding or box) pair, a false positive or a true negative, has its maps
-    drawn here, by the gallery's own `explainers`, so the random control's draws in the passes are the same
-    with or without a gallery), then the page. `limit`: the first N test images only."""
+    """The cards, rendered batch by batch from the maps evaluate's passes have just drawn, and with their
+    removal at the model's ratio. Only a card the passes did not explain (a false positive that is not its
+    image's most probable finding) has its maps drawn here, by the gallery's own `explainers`, so the random
+    control's draws in the passes are the same with or without a gallery. Then the page. `limit`: the
+    first N test images only."""
 
     def __init__(self, page: Path, classes: list[str], thresholds: dict | None, r: float, explainers,
                  limit: int | None = None):
@@ -84,10 +85,11 @@ class Gallery:
             (self.out / sub).mkdir(parents=True, exist_ok=True)
 
     def add(self, model, xn: torch.Tensor, names: list[str], y: np.ndarray, p: np.ndarray, boxes: dict,
-            drawn: dict) -> None:
+            drawn: dict, removed: dict | None = None) -> None:
         """A batch's cards: its images xn (normalised), their labels y and p_full p; `drawn`: {(row in the
-        batch, class): {map name: raw map [H,W]}} of the pairs the passes explained."""
-        cards, explainers = cards_of(names, y, p, self.classes, self.thresholds), self.explainers
+        batch, class): {map name: raw map [H,W]}} of the pairs the passes explained; `removed`: {(row, class):
+        (p crop [C], p drop [C])} with the first map's region at the model's ratio, where the passes have them."""
+        cards = cards_of(names, y, p, self.classes, self.thresholds)
         if self.limit is not None:
             room = sorted({b for b, _, _ in cards})[:max(0, self.limit - self.n_images)]
             cards = [cd for cd in cards if cd[0] in room]
@@ -98,33 +100,37 @@ class Gallery:
         if todo:  # maps of the cards the passes did not draw
             at = torch.tensor([cards[k][0] for k in todo], device=xn.device)
             pairs = Pairs(xn[at], torch.tensor([cards[k][1] for k in todo], device=xn.device), [[] for _ in todo])
-            new = {e.name: e(pairs)[:, 0] for e in explainers}
+            new = {e.name: e(pairs)[:, 0] for e in self.explainers}
             drawn = {**drawn, **{cards[k][:2]: {n: m[j] for n, m in new.items()} for j, k in enumerate(todo)}}
         maps = {e.name: torch.stack([drawn[(b, c)][e.name] for b, c, _ in cards]).float().cpu().numpy()
-                for e in explainers}
-        for rec, (b, c, cat) in zip(self._render(model, xn, names, cards, boxes, maps, explainers), cards):
-            rec.update(finding=self.classes[c], category=cat, p_full=float(p[b, c]),
+                for e in self.explainers}
+        probs = self._crop_drop(model, xn, cards, maps, removed or {})
+        for j, (b, c, cat) in enumerate(cards):
+            bx = [bb for bb in boxes.get(names[b], ()) if bb[0] == self.classes[c]]
+            rec = self._render(model.to_gray(xn[b]).cpu().numpy(), {n: m[j] for n, m in maps.items()}, bx)
+            rec.update(image=names[b], finding=self.classes[c], category=cat, p_full=float(p[b, c]),
+                       p_crop=float(probs[j][0][c]), p_drop=float(probs[j][1][c]),
                        labels=[f for f, v in zip(self.classes, y[b]) if v > 0.5])
             self.records.append(rec)
 
-    def _render(self, model, xn: torch.Tensor, names: list[str], cards: list, boxes: dict, maps: dict,
-                explainers) -> list:
-        dev, classes, first = xn.device, self.classes, explainers[0].name
-        at = torch.tensor([b for b, _, _ in cards], device=dev)
-        bx = [[bb for bb in boxes.get(names[b], ()) if bb[0] == classes[c]] for b, c, _ in cards]
-        learned = topk_mask(torch.from_numpy(maps[first])[:, None], self.r).to(dev)
-        with torch.no_grad():
-            crop, drop = model.crop_drop(xn[at], learned.to(xn.dtype))
-            pc = torch.sigmoid(model.backbone(torch.cat([crop, drop])).float()).cpu().numpy()
-        gray = model.to_gray(xn[at]).cpu().numpy()
-        recs = []
-        for j, (b, c, _) in enumerate(cards):
-            k = len(self.records) + j
-            render(self.out, k, gray[j], {n: m[j] for n, m in maps.items()}, self.r, bx[j])
-            hit = [pointing_hit(maps[first][j], bb[1:]) for bb in bx[j]]
-            recs.append({"id": k, "image": names[b], "p_crop": float(pc[j, c]), "p_drop": float(pc[len(cards) + j, c]),
-                         "hit": None if not hit else bool(any(hit)), "maps": [e.name for e in explainers]})
-        return recs
+    def _crop_drop(self, model, xn: torch.Tensor, cards: list, maps: dict, removed: dict) -> list:
+        """Per card, (p crop, p drop) with the first map's region: the passes' where given, else computed."""
+        todo = [j for j, (b, c, _) in enumerate(cards) if (b, c) not in removed]
+        out = [removed.get((b, c)) for b, c, _ in cards]
+        if todo:
+            first = maps[self.explainers[0].name][todo]
+            region = topk_mask(torch.from_numpy(first)[:, None], self.r).to(xn.device)
+            crop, drop = (v.cpu().numpy() for v in model.kept_and_removed(xn[[cards[j][0] for j in todo]], region))
+            for i, j in enumerate(todo):
+                out[j] = (crop[i], drop[i])
+        return out
+
+    def _render(self, gray: np.ndarray, maps: dict, boxes: list) -> dict:
+        """One card's JPEGs; its record so far."""
+        k = len(self.records)
+        render(self.out, k, gray, maps, self.r, boxes)
+        hit = [pointing_hit(next(iter(maps.values())), bb[1:]) for bb in boxes]
+        return {"id": k, "hit": None if not hit else bool(any(hit)), "maps": list(maps)}
 
     def finish(self) -> dict:
         """Write the page; returns its summary."""

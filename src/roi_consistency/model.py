@@ -252,6 +252,12 @@ class ROIModel(nn.Module):
         f = self.fill_for(xn)
         return xn * m + f * (1 - m), xn * (1 - m) + f * m
 
+    @torch.no_grad()
+    def kept_and_removed(self, xn: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities [P,C] with the region m kept alone (crop) and removed (drop), in one backbone call."""
+        p = torch.sigmoid(self.backbone(torch.cat(self.crop_drop(xn, m.to(xn.dtype)))).float())
+        return p[: len(xn)], p[len(xn):]
+
     def explain(self, xn: torch.Tensor, cls: torch.Tensor | None = None) -> Explanation:
         """The learned map of each image of xn (normalised). For the method's head, cls [B] picks the class
         each map explains (None or -1: the most probable); the reference's map ignores it."""
