@@ -71,12 +71,12 @@ def _curves():
 
 def _sanity():
     def m(med, ok):
-        return {"median": med, "median_ci95": [[v - 0.05, v + 0.05] for v in med],
-                "quartiles": [[v - 0.1, v + 0.1] for v in med], "constant_share": [0.0] * 3, "pass": ok}
-    return {"stages": ["fc", "layer4", "layer3"], "n_pairs": 12, "pass_below": 0.2,
-            "randomised": "top <i>stages</i>", "maps": {"learned": m([0.6, 0.3, 0.1234], True),
-                                                              "gradcam": m([0.2, 0.1, 0.05], True),
-                                                              "edges": m([1.0, 1.0, 1.0], False)}}
+        return {"median": med, "median_ci95": [[v - 0.05, v + 0.05] for v in med], "median_abs": [abs(v) for v in med],
+                "quartiles": [[v - 0.1, v + 0.1] for v in med], "constant_share": [0.0] * 5, "pass": ok}
+    maps = {"learned": m([0.6, 0.3, 0.1234, 0.05, 0.01], True), "gradcam": m([0.2, 0.1, 0.05, 0.0, 0.0], True),
+            "edges": m([1.0, 1.0, 0.9876, 1.0, 1.0], False)}
+    return {"stages": ["fc", "layer4", "layer3", "layer2", "layer1"], "judged_at": 3, "n_pairs": 12,
+            "pass_below": 0.2, "randomised": "top <i>stages</i>", "maps": maps}
 
 
 def _calibration(thresholds=True):
@@ -148,7 +148,9 @@ def test_report_is_self_contained_and_escaped(reports):
     # intervals, ROC, faithfulness with the fill and ROAD, curves, sanity, reliability, 2 examples
     assert text.count("<img ") == 1 + 1 + 2 + 1 + 1 + 1 + 2
     assert "0.180 <span" in text and "36 (image, finding) pairs" in text and "of the 34 with" in text  # curves
-    assert "0.123" in text and "<b>fail</b>" in text  # sanity: learned's last median, the edge map fails
+    assert "0.123" in text and "<b>fail</b>" in text  # sanity: learned's third median, the edge map fails
+    assert "once the top 3 stages are random (after + layer3" in text and "+ layer1</th>" in text
+    assert "<b>fail</b> (median |ρ| 0.99)" in text  # the verdict is read at the third step, not the last
     assert "Randomised: top &lt;i&gt;stages&lt;/i&gt;." in text
     assert "0.313" in text and "0.914" in text and "0.041" in text and "youden, chosen on val.csv" in text
     assert "By lesion size" in text and "1.23 % and 4.56 %" in text and "small (3 boxes)" in text and "0.333 /" in text

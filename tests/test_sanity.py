@@ -54,7 +54,12 @@ def test_evaluate_sanity_writes_the_check_into_metrics_and_the_report(trained64,
     m = evaluate_checkpoint(str(trained64), str(phantom64["test"]), str(phantom64["images"]), out_dir=str(tmp_path),
                             keep_ratios=(0.1,), road_ratios=(0.1,), curve_images=16, sanity=True, sanity_images=12,
                             n_examples=1, workers=0, progress=False)
-    assert m["sanity"]["n_pairs"] == 12 and set(m["sanity"]["maps"]) == {"learned", "gradcam", "edges"}
+    san = m["sanity"]
+    assert san["n_pairs"] == 12 and set(san["maps"]) == {"learned", "gradcam", "edges"}
+    # down to the stem; the verdict is read once the top three stages are random
+    assert san["stages"] == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"] and san["judged_at"] == 3
+    assert all(v["pass"] == (v["median"][2] < san["pass_below"]) and len(v["median"]) == 7
+               for v in san["maps"].values())
     assert m["curves"]["n_images"] == 16
     html = (tmp_path / "report.html").read_text()
     assert "id='sanity'" in html and "randomisation check" in html

@@ -323,8 +323,9 @@ def _add_evaluate(sub) -> None:
                    help="deletion/insertion curves (20 ratios, fill and ROAD) on N test images with a finding, drawn "
                         "with --seed; all: every one; 0: no curves (each finding costs ~80 forward passes per map)")
     e.add_argument("--sanity", action="store_true",
-                   help="also run the randomisation check: re-initialise the classifier's top stages one by one and "
-                        "measure how much each map changes (a map that does not change ignores the model)")
+                   help="also run the randomisation check: re-initialise the classifier's stages one by one, from the "
+                        "top down to the stem, and measure how much each map changes (a map that does not change "
+                        "ignores the model; the verdict is read after the top three)")
     e.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) in the --sanity check")
     e.add_argument("--gallery-limit", type=int, default=None, metavar="N",
                    help="gallery.html shows the first N test images (default: all; 0: no gallery)")

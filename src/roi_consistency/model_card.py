@@ -57,7 +57,8 @@ def evaluation_section(m: dict, source: str) -> list[str]:
               "game: the share of ground-truth boxes that hold the map's maximum. Definitions: docs/evaluation.md."]
     san, cal = m.get("sanity"), m.get("calibration")
     if san:
-        lines += ["", "Randomisation check (the classifier's top stages re-initialised): " + ", ".join(
+        top = san.get("judged_at") or len(san["stages"])
+        lines += ["", f"Randomisation check (the classifier's top {top} stages re-initialised): " + ", ".join(
             f"{k} {'passes' if v['pass'] else 'fails'}" for k, v in san["maps"].items()) + "."]
     if cal:
         lines += ["", f"Calibration: mean expected calibration error {_f(cal['mean_ece'])} ({cal['bins']} bins)."]

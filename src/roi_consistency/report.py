@@ -413,7 +413,8 @@ def _sanity_figure(san: dict) -> str:
         q = np.array(v["quartiles"])
         ax.fill_between(steps, q[:, 0], q[:, 1], color=style.get("color", "0.5"), alpha=0.12)
     ax.axhline(san["pass_below"], color="tab:red", linestyle="--", linewidth=1, label="pass below")
-    ax.set_xticks(steps, [f"+{n}" for n in san["stages"]], fontsize=8)
+    ax.axvline(_judged(san), color="0.4", linestyle=":", linewidth=1, label="verdict")
+    ax.set_xticks(steps, [f"+{n}" for n in san["stages"]], fontsize=8, rotation=30)
     ax.set(ylim=(-1, 1.05), xlabel="stages randomised, top-down, cumulative",
            ylabel="Spearman ρ with the original map")
     ax.grid(alpha=0.3)
@@ -422,11 +423,19 @@ def _sanity_figure(san: dict) -> str:
     return _png(fig)
 
 
+def _judged(san: dict) -> int:
+    """The step the verdict is read at (metrics without `judged_at` judged the last)."""
+    return san.get("judged_at") or len(san["stages"])
+
+
 def _sanity(san: dict | None) -> str:
     if not san:
         return ""
+    j = _judged(san)
+
     def verdict(v: dict) -> str:
-        return f"{'pass' if v['pass'] else '<b>fail</b>'} (median |ρ| {_fmt((v.get('median_abs') or [None])[-1], 2)})"
+        at = (v.get("median_abs") or [None] * j)[j - 1]
+        return f"{'pass' if v['pass'] else '<b>fail</b>'} (median |ρ| {_fmt(at, 2)})"
     rows = "".join(f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_fmt(m)}{_ci(c)}</td>" for m, c in
                                                      zip(v["median"], v["median_ci95"]))
                    + f"<td>{verdict(v)}</td></tr>" for k, v in san["maps"].items())
@@ -435,9 +444,10 @@ def _sanity(san: dict | None) -> str:
             "classifier's stages are re-initialised top-down, cumulatively, and each map is drawn again on "
             f"{san['n_pairs']} (image, finding) pairs; a map that hardly changes explains the image, not the model "
             f"(Adebayo et al. 2018). Cells: the median Spearman correlation with the original after each step, "
-            f"with its interval. A map passes when the median falls below {san['pass_below']:g} once the top stages "
-            f"are random (the median of |ρ| is given beside the verdict). Randomised: {_esc(san['randomised'])}. "
-            "The edge map ignores the model: the control that must fail.</p>"
+            f"with its interval. A map passes when the median falls below {san['pass_below']:g} once the top {j} "
+            f"stages are random (after + {_esc(san['stages'][j - 1])}; the median of |ρ| there is given beside the "
+            "verdict). The steps after it show how far down the map's dependence on the trained weights reaches. "
+            f"Randomised: {_esc(san['randomised'])}. The edge map ignores the model: the control that must fail.</p>"
             f"<table><tr><th>map</th>{head}<th>verdict</th></tr>{rows}</table>"
             + _img(_sanity_figure(san), "randomisation check", "Median and quartiles over the pairs."))
 
@@ -585,8 +595,10 @@ def format_summary(m: dict) -> str:
                                  for k in cv["fill"]))
     san = m.get("sanity")
     if san:
-        lines.append(f"  randomisation check ({san['n_pairs']} pairs, {' + '.join(san['stages'])} randomised): "
-                     + ", ".join(f"{k} median rho {v['median'][-1]:+.2f} {'pass' if v['pass'] else 'FAIL'}"
+        j = _judged(san)
+        lines.append(f"  randomisation check ({san['n_pairs']} pairs, {' + '.join(san['stages'][:j])} randomised): "
+                     + ", ".join(f"{k} median rho {v['median'][j - 1]:+.2f} {'pass' if v['pass'] else 'FAIL'}"
+                                 f" ({v['median'][-1]:+.2f} with all {len(san['stages'])} stages random)"
                                  for k, v in san["maps"].items()))
     cal = m.get("calibration")
     if cal:

@@ -7,11 +7,13 @@ not the model; Arun et al. (2021) found most saliency methods on chest films fai
 The classifier's stages are re-initialised top-down, cumulatively (the head, then the last stage too,
 then the one below, ...), and after each step every map is drawn again on the same (image, finding)
 pairs. Each map's Spearman rank correlation with its original, per pair over pixels, should fall
-towards 0: the map passes when the median is below PASS_BELOW once the top stages are random (the
-last step). The median of |rho| is reported beside it: two unrelated maps of the same film share
-some of its anatomy, either way round, so |rho| has a floor above 0 that the signed median does not.
-Ties get their average rank, so Grad-CAM's zero plateaus count as one rank; a map that turns
-constant correlates with nothing and counts 0.
+towards 0: the map passes when the median is below PASS_BELOW once the top JUDGED stages are random.
+The cascade goes on to the stem, so the steps after the verdict show how far down a map's dependence
+on the trained weights reaches (a map can fail at the top and fall to 0 only when the low stages are
+random too; EXPERIMENTS.md round 9). The median of |rho| is reported beside it: two unrelated maps of
+the same film share some of its anatomy, either way round, so |rho| has a floor above 0 that the
+signed median does not. Ties get their average rank, so Grad-CAM's zero plateaus count as one rank;
+a map that turns constant correlates with nothing and counts 0.
 
 The learned map is the mask head reading the classifier's features and its gradient. What is
 randomised under it is the classifier; the head keeps its trained weights. That is the question the
@@ -30,7 +32,7 @@ from scipy.stats import rankdata
 from roi_consistency.explainers import Edges, GradCAM, Learned, Pairs
 
 PASS_BELOW = 0.2  # the median Spearman correlation a map must fall below once the top stages are random
-STEPS = 3  # stages randomised, top-down, in the default check
+JUDGED = 3  # ... that is, once this many stages, top-down, are random
 
 
 def cascade_stages(backbone: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -86,12 +88,13 @@ def draw(explainer, pairs: Pairs, chunk: int) -> torch.Tensor:
                       .detach().cpu() for s in range(0, len(pairs), chunk)])
 
 
-def sanity_check(model, mode: str, pairs: Pairs, steps: int = STEPS, seed: int = 0, chunk: int = 16) -> dict:
-    """metrics.json's sanity: the stages randomised, and per map at each step the median correlation (with
-    its 95 % bootstrap interval over pairs), the median of its absolute value, the quartiles and the share
-    of constant maps; and pass or fail."""
+def sanity_check(model, mode: str, pairs: Pairs, steps: int | None = None, seed: int = 0, chunk: int = 16) -> dict:
+    """metrics.json's sanity: the stages randomised (the first `steps`, None: all), and per map at each step
+    the median correlation (with its 95 % bootstrap interval over pairs), the median of its absolute value,
+    the quartiles and the share of constant maps; and pass or fail once JUDGED stages are random (`judged_at`)."""
     copy_ = copy.deepcopy(model).eval()
     stages = cascade_stages(copy_.backbone)[:steps]
+    judged = min(JUDGED, len(stages))
     original = {e.name: draw(e, pairs, chunk) for e in explainers_of(copy_, mode)}
     rho = {k: [] for k in original}
     constant = {k: [] for k in original}
@@ -108,7 +111,8 @@ def sanity_check(model, mode: str, pairs: Pairs, steps: int = STEPS, seed: int =
         absolute = [float(np.median(np.abs(v))) for v in per_step]
         maps[k] = {"median": med, "median_ci95": [_median_ci(v, rng) for v in per_step], "median_abs": absolute,
                    "quartiles": [[float(q) for q in np.percentile(v, [25, 75])] for v in per_step],
-                   "constant_share": constant[k], "pass": bool(med and med[-1] < PASS_BELOW)}
-    return {"stages": [n for n, _ in stages], "n_pairs": len(pairs), "pass_below": PASS_BELOW, "maps": maps,
+                   "constant_share": constant[k], "pass": bool(med and med[judged - 1] < PASS_BELOW)}
+    return {"stages": [n for n, _ in stages], "judged_at": judged, "n_pairs": len(pairs), "pass_below": PASS_BELOW,
+            "maps": maps,
             "randomised": "the classifier's stages, top-down and cumulatively; the learned map's mask head keeps "
                           "its trained weights (it reads the classifier's features and gradient)"}
