@@ -24,8 +24,9 @@ def figures(d: dict) -> dict:
         out[f"{label} L"], out[f"{label} G"] = get("learned"), get("gradcam")
     out["MoRF L−G"] = vs["road_morf"]["difference"]
     out["p (MoRF)"] = vs["road_morf"]["p"]
-    if d.get("sanity"):
-        out["sanity ρ L"] = d["sanity"]["maps"]["learned"]["median"][-1]
+    if d.get("sanity"):  # at the verdict's step (checks before judged_at existed stopped there)
+        s = d["sanity"]
+        out["sanity ρ L"] = s["maps"]["learned"]["median"][s.get("judged_at", len(s["stages"])) - 1]
     return out
 
 

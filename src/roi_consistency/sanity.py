@@ -112,7 +112,7 @@ def sanity_check(model, mode: str, pairs: Pairs, steps: int | None = None, seed:
         maps[k] = {"median": med, "median_ci95": [_median_ci(v, rng) for v in per_step], "median_abs": absolute,
                    "quartiles": [[float(q) for q in np.percentile(v, [25, 75])] for v in per_step],
                    "constant_share": constant[k], "pass": bool(med and med[judged - 1] < PASS_BELOW)}
-    return {"stages": [n for n, _ in stages], "judged_at": judged, "n_pairs": len(pairs), "pass_below": PASS_BELOW,
-            "maps": maps,
+    return {"stages": [n for n, _ in stages], "judged_at": judged, "n_pairs": len(pairs),
+            "pass_below": PASS_BELOW, "maps": maps,
             "randomised": "the classifier's stages, top-down and cumulatively; the learned map's mask head keeps "
                           "its trained weights (it reads the classifier's features and gradient)"}
