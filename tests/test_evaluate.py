@@ -94,6 +94,11 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
             assert saved["auroc"][key]["learned"][c] == (None if v is None else pytest.approx(v, abs=1e-4)), (key, c)
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Localisation" in html
+    # where the weights were trained and where they were scored: runs compare only on one kind of machine
+    env = saved["environment"]
+    assert env["trained"] == torch.load(trained64, weights_only=True)["environment"]
+    assert env["evaluated"]["device"] == "cpu" and env["evaluated"]["torch"] == torch.__version__
+    assert f"Trained on {env['trained']['name']}" in html and f"torch {torch.__version__}" in html
     # calibration: ECE per finding, and sensitivity/specificity at the thresholds training chose on val
     cal = saved["calibration"]
     assert cal["bins"] == 15 and cal["thresholds"]["csv"] == str(phantom64["val"]) and "warning" not in cal

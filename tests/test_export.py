@@ -39,14 +39,19 @@ def test_export_then_load_predicts_what_the_checkpoint_predicts(trained64, phant
     assert config["thresholds"]["values"] == ck["thresholds"]["values"] and config["package_version"] == rc.__version__
     assert config["training_config"]["model"]["backbone"] == "resnet18"
     assert rc.load(exported).thresholds == ck["thresholds"]
+    env = ck["environment"]  # what the weights were trained on travels with them
+    assert env["torch"] == torch.__version__ and env["threads"] >= 1 and env["processes"] == 1
+    assert config["trained_on"] == env and rc.load(exported).trained_on == env
 
 
-def test_the_model_card_says_what_it_was_trained_on_and_what_it_is_not_for(phantom64, exported):
+def test_the_model_card_says_what_it_was_trained_on_and_what_it_is_not_for(trained64, phantom64, exported):
     card = (exported / "MODEL_CARD.md").read_text()
     n_val = sum(1 for _ in open(phantom64["val"])) - 1
     assert f"{n_val:,} images" in card and "patients" in card and "built-in phantom" in card
     assert "Not for clinical use" in card and "NLP" in card and "resnet18" in card
     assert "0.587" in card and "0.931 [0.900, 0.950]" in card and "| learned |" in card
+    env = torch.load(trained64, weights_only=True)["environment"]  # the machine that trained it
+    assert f"- trained on: {env['name']} ({env['threads']} threads, torch {torch.__version__})" in card
 
 
 def test_a_folder_with_a_missing_or_mismatched_file_is_refused(trained64, exported, tmp_path):

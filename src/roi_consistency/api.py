@@ -68,6 +68,7 @@ class Model:
         self.img_size: int = cfg.model.img_size
         self.keep_ratio: float = cfg.method.keep_ratio
         self.thresholds: dict | None = net.thresholds  # {"rule", "values": {finding: p or None}, ...}
+        self.trained_on: dict | None = net.trained_on  # {"device", "name", "threads", "torch", ...} or None
 
     @property
     def device(self) -> torch.device:

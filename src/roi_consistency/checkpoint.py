@@ -91,6 +91,7 @@ def trained_from(ckpt: dict, path: str | Path, device: torch.device | str = "cpu
     model.mask_net.load_state_dict(ckpt["mask_net"])
     model.set_fill(ckpt.get("fill_image"))
     model.thresholds = ckpt.get("thresholds")
+    model.trained_on = ckpt.get("environment")
     # channels-last weights make every conv run channels-last (faster on CUDA and CPU alike)
     return model.to(device, memory_format=torch.channels_last).eval(), cfg
 

@@ -47,7 +47,7 @@ from roi_consistency.gallery import Gallery
 from roi_consistency.labels import LabelError, canonical
 from roi_consistency.model import ROIModel, topk_mask
 from roi_consistency.road import impute
-from roi_consistency.runtime import pick_device
+from roi_consistency.runtime import environment, pick_device
 from roi_consistency.sanity import sanity_check
 
 IOBB_T = ("0.1", "0.25", "0.5")
@@ -531,7 +531,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     y = ds.labels[rows]
     result = {**summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path,
                           opt.curve_images),
-              "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None}
+              "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None,
+              "environment": {"trained": model.trained_on, "evaluated": environment(dev)}}
     if gallery is not None:
         result["gallery"] = {"page": "gallery.html", **gallery.finish()}
     write_json(out / "metrics.json", result)

@@ -46,7 +46,8 @@ def export_config(ckpt: dict, cfg: TrainConfig, checkpoint: str, sha256: str) ->
             "step": ckpt.get("step"), "classes": list(cfg.data.classes), "img_size": cfg.model.img_size,
             "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": 1},
             "keep_ratio": cfg.method.keep_ratio, "fill": FILLS[cfg.method.fill],
-            "thresholds": ckpt.get("thresholds"), "training_config": cfg.to_dict(), "sha256": {WEIGHTS: sha256}}
+            "thresholds": ckpt.get("thresholds"), "trained_on": ckpt.get("environment"),
+            "training_config": cfg.to_dict(), "sha256": {WEIGHTS: sha256}}
 
 
 def export_model(checkpoint: str, out: str, metrics: str | None = None) -> Path:
@@ -109,4 +110,5 @@ def load_export(folder: str | Path, device: torch.device | str = "cpu"):
                             f"({str(exc).splitlines()[0][:160]})") from None
     model.set_fill(tensors.get("fill_image"))
     model.thresholds = config.get("thresholds")
+    model.trained_on = config.get("trained_on")
     return model.to(device, memory_format=torch.channels_last).eval(), cfg

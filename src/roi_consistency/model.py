@@ -219,6 +219,8 @@ class ROIModel(nn.Module):
         self.register_buffer("fill_image", None, persistent=False)
         # the operating points chosen on the validation set ({"rule", "values": {class: p}, ...}), or None
         self.thresholds: dict | None = None
+        # where the weights were trained (runtime.environment), or None for a checkpoint that predates it
+        self.trained_on: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits [B,C] on one-channel images x [B,1,H,W] in [0, 1]."""

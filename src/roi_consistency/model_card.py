@@ -5,6 +5,7 @@ import csv
 from pathlib import Path
 
 from roi_consistency.config import TrainConfig
+from roi_consistency.runtime import describe
 
 PHANTOM_MARK = "PHANTOM.json"  # written by `roi-consistency phantom` beside its images
 
@@ -99,6 +100,8 @@ def model_card(config: dict, cfg: TrainConfig, metrics: dict | None, metrics_pat
               f"- epochs: {r.epochs} classifier, {r.mask_epochs} mask; batch {o.batch_size} x {o.accum_steps}; lr "
               f"{o.lr:g} (mask {o.mask_lr or o.lr:g}); seed {o.seed}",
               f"- operating points: {_thresholds(th)}",
+              f"- trained on: {describe(config.get('trained_on'))}; the same command and seed train other weights "
+              "on another kind of CPU, so compare runs trained on the same kind",
               "", "## Evaluation", ""]
     lines += evaluation_section(metrics, metrics_path) if metrics else ["No metrics.json was given to the export "
                                                                         "(`--metrics`)."]

@@ -24,6 +24,7 @@ from PIL import Image
 
 from roi_consistency.atomic import atomic_write, write_text
 from roi_consistency.errors import UserError
+from roi_consistency.runtime import describe
 
 MAPS = ("learned", "gradcam", "random")  # the default explainers, for metrics that do not list theirs
 MAP_STYLE = {"learned": dict(color="tab:blue", marker="o"), "gradcam": dict(color="tab:orange", marker="s"),
@@ -504,6 +505,13 @@ ROAD_NOTE = (
     "fill rather than from the region; a lead over Grad-CAM and the random map that holds under ROAD does not.")
 
 
+def _environment(env: dict | None) -> str:
+    """Where the model was trained and where it was evaluated: figures compare only between runs trained
+    on the same kind of machine (EXPERIMENTS.md round 10)."""
+    env = env or {}
+    return f"Trained on {_esc(describe(env.get('trained')))} · evaluated on {_esc(describe(env.get('evaluated')))}"
+
+
 def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
                  title: str = "ROI-consistency evaluation") -> Path:
     """Write the HTML report to `out_path` atomically and return its Path."""
@@ -518,6 +526,7 @@ def write_report(out_path, metrics: dict, roc: dict, examples: list[dict],
     if gallery:
         meta += (f" · <a href='{_esc(gallery['page'])}'>the gallery</a>: {gallery['n_cards']} cards of "
                  f"{gallery['n_images']} test images, to sort, filter and open")
+    meta += f"<br>{_environment(metrics.get('environment'))}"
     howto = (
         "<p><b>How to read this.</b> Each map (learned mask, Grad-CAM, random) is cut to its top-r pixels. "
         "<i>Comprehensiveness</i> = p_full − p_drop, the drop in the true-class probability when that region is "

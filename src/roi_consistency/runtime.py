@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import platform
 import signal
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -61,6 +63,33 @@ def setup_runtime(device: str = "auto", bf16: bool | None = None) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, rank, world, local_rank, bf16=dev.type == "cuda" if bf16 is None else bf16)
+
+
+def environment(device: torch.device, processes: int = 1) -> dict:
+    """What a checkpoint was trained on, or an evaluation run on, in plain types (weights_only loads them).
+    The same command and seed train other weights on another kind of CPU (its kernels round differently;
+    EXPERIMENTS.md round 10), so two runs' figures compare only where these match."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {"device": device.type, "name": name, "processes": processes, "threads": torch.get_num_threads(),
+            "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def describe(env: dict | None) -> str:
+    """One line for a report or a model card: "Intel Xeon (2 threads, torch 2.14.1)"."""
+    if not env:
+        return "(not recorded)"
+    procs = f"{env['processes']} processes, " if env.get("processes", 1) > 1 else ""
+    return f"{env['name']} ({procs}{env['threads']} threads, torch {env['torch']})"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl+C; what Slurm and most schedulers send before SIGKILL

@@ -48,7 +48,7 @@ from roi_consistency.lock import RunLock
 from roi_consistency.loop import LoopSettings, Position, make_loader, make_scheduler
 from roi_consistency.losses import TERMS
 from roi_consistency.model import MASK_NETS, ROIModel, build_model, mask_net_name
-from roi_consistency.runtime import Runtime, StopFlag, setup_runtime, workers_reaped_on_error
+from roi_consistency.runtime import Runtime, StopFlag, environment, setup_runtime, workers_reaped_on_error
 
 STAGES = {"classifier": classifier_stage, "mask": mask_stage, "joint": reference}
 # Which validation figure makes an epoch of the final stage the best one, and whether higher is better: the
@@ -310,8 +310,8 @@ class Session:
             raise UserError(f"the weights are no longer finite at step {self.state.step}: stopped without saving; "
                             f"{self.cfg.run.save} is from before. Lower --lr, or check the data")
         if self.rt.main:
-            save_checkpoint({**checkpoint(self.model, self.cfg, self.state, pos), "rng_per_rank": rngs},
-                            path or self.cfg.run.save)
+            save_checkpoint({**checkpoint(self.model, self.cfg, self.state, pos), "rng_per_rank": rngs,
+                             "environment": environment(self.rt.device, self.rt.world)}, path or self.cfg.run.save)
 
 
 def rank_rng(ckpt: dict, rt: Runtime) -> dict:
