@@ -10,6 +10,7 @@ import roi_consistency as rc
 from roi_consistency import cli
 from roi_consistency.errors import UserError
 from roi_consistency.export import load_export
+from roi_consistency.runtime import cpu_features, cpu_name
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,7 @@ def test_export_then_load_predicts_what_the_checkpoint_predicts(trained64, phant
     assert rc.load(exported).thresholds == ck["thresholds"]
     env = ck["environment"]  # what the weights were trained on travels with them
     assert env["torch"] == torch.__version__ and env["threads"] >= 1 and env["processes"] == 1
+    assert env["device"] == "cpu" and env["features"] == cpu_features()
     assert config["trained_on"] == env and rc.load(exported).trained_on == env
 
 
@@ -51,7 +53,15 @@ def test_the_model_card_says_what_it_was_trained_on_and_what_it_is_not_for(train
     assert "Not for clinical use" in card and "NLP" in card and "resnet18" in card
     assert "0.587" in card and "0.931 [0.900, 0.950]" in card and "| learned |" in card
     env = torch.load(trained64, weights_only=True)["environment"]  # the machine that trained it
-    assert f"- trained on: {env['name']} ({env['threads']} threads, torch {torch.__version__})" in card
+    ext = f" with {', '.join(env['features'])}" if env["features"] else ""
+    assert f"- trained on: {env['name']}{ext} ({env['threads']} threads, torch {torch.__version__})" in card
+
+
+def test_the_cpu_is_told_apart_by_its_vector_extensions():
+    zen4 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16\n"
+    assert cpu_name(zen4) == "AMD EPYC" and cpu_features(zen4) == ["AVX2", "AVX-512", "AVX512-BF16"]
+    assert cpu_features("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n") == ["AVX2"]
+    assert cpu_features("") == [] and cpu_name("") != ""
 
 
 def test_a_folder_with_a_missing_or_mismatched_file_is_refused(trained64, exported, tmp_path):

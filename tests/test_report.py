@@ -58,8 +58,8 @@ def _metrics(localization=True):
             "calibration": _calibration(thresholds=localization),
             "environment": {"trained": {"device": "cuda", "name": "GPU <x>", "processes": 2, "threads": 8,
                                         "torch": "2.11.0"} if localization else None,
-                            "evaluated": {"device": "cpu", "name": "Some CPU", "processes": 1, "threads": 2,
-                                          "torch": "2.14.1"}}}
+                            "evaluated": {"device": "cpu", "name": "Some CPU", "features": ["AVX2"], "processes": 1,
+                                          "threads": 2, "torch": "2.14.1"}}}
 
 
 def _curves():
@@ -161,7 +161,8 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text
     assert "+0.061" in text and "[0.031, 0.091]" in text and "p = 0.002" in text  # learned vs Grad-CAM, paired
     assert f"{0.31234 * 0.1 ** 0.5:.3f}" in text and "ROAD MoRF@0.1" in text  # learned ROAD MoRF at r = 0.1
-    assert "Trained on GPU &lt;x&gt; (2 processes, 8 threads, torch 2.11.0) · evaluated on Some CPU (2 threads" in text
+    assert ("Trained on GPU &lt;x&gt; (2 processes, 8 threads, torch 2.11.0) · evaluated on Some CPU with AVX2 "
+            "(2 threads") in text
     assert full.stat().st_size < 1_000_000
 
 

@@ -68,28 +68,47 @@ def setup_runtime(device: str = "auto", bf16: bool | None = None) -> Runtime:
 def environment(device: torch.device, processes: int = 1) -> dict:
     """What a checkpoint was trained on, or an evaluation run on, in plain types (weights_only loads them).
     The same command and seed train other weights on another kind of CPU (its kernels round differently;
-    EXPERIMENTS.md round 10), so two runs' figures compare only where these match."""
+    EXPERIMENTS.md round 10), so two runs' figures compare only where these match. The CPU's vector
+    extensions tell apart kinds that /proc/cpuinfo names alike ("AMD EPYC", with or without AVX512-BF16)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"device": device.type, "name": name, "processes": processes, "threads": torch.get_num_threads(),
-            "torch": str(torch.__version__), "python": platform.python_version()}
+    return {"device": device.type, "name": name, "features": cpu_features() if device.type == "cpu" else [],
+            "processes": processes, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "python": platform.python_version()}
 
 
 def describe(env: dict | None) -> str:
-    """One line for a report or a model card: "Intel Xeon (2 threads, torch 2.14.1)"."""
+    """One line for a report or a model card: "AMD EPYC with AVX2, AVX-512 (2 threads, torch 2.14.1)"."""
     if not env:
         return "(not recorded)"
+    ext = f" with {', '.join(env['features'])}" if env.get("features") else ""
     procs = f"{env['processes']} processes, " if env.get("processes", 1) > 1 else ""
-    return f"{env['name']} ({procs}{env['threads']} threads, torch {env['torch']})"
+    return f"{env['name']}{ext} ({procs}{env['threads']} threads, torch {env['torch']})"
 
 
-def cpu_name() -> str:
+def _cpuinfo() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+# the x86 extensions that decide which kernels oneDNN runs, as /proc/cpuinfo's flags spell them
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+
+
+def cpu_features(cpuinfo: str | None = None) -> list[str]:
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [label for flag, label in CPU_FEATURES.items() if flag in flags]
+    return []
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl+C; what Slurm and most schedulers send before SIGKILL
