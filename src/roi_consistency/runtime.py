@@ -5,6 +5,7 @@ Training, `infer` and `evaluate` all pick their device here, so `--device` means
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import platform
@@ -70,10 +71,9 @@ def environment(device: torch.device, processes: int = 1) -> dict:
     The same command and seed train other weights on another kind of CPU (its kernels round differently;
     EXPERIMENTS.md round 10), so two runs' figures compare only where these match. The CPU's vector
     extensions tell apart kinds that /proc/cpuinfo names alike ("AMD EPYC", with or without AVX512-BF16)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"device": device.type, "name": name, "features": cpu_features() if device.type == "cpu" else [],
-            "processes": processes, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
-            "python": platform.python_version()}
+    name, features = (torch.cuda.get_device_name(device), ()) if device.type == "cuda" else _this_cpu()
+    return {"device": device.type, "name": name, "features": list(features), "processes": processes,
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def describe(env: dict | None) -> str:
@@ -83,6 +83,13 @@ def describe(env: dict | None) -> str:
     ext = f" with {', '.join(env['features'])}" if env.get("features") else ""
     procs = f"{env['processes']} processes, " if env.get("processes", 1) > 1 else ""
     return f"{env['name']}{ext} ({procs}{env['threads']} threads, torch {env['torch']})"
+
+
+@functools.lru_cache(maxsize=1)
+def _this_cpu() -> tuple[str, tuple[str, ...]]:
+    """This machine's CPU name and extensions: /proc/cpuinfo read once per process, not at every save."""
+    info = _cpuinfo()
+    return cpu_name(info), tuple(cpu_features(info))
 
 
 def _cpuinfo() -> str:
