@@ -27,15 +27,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from roi_consistency import nih, reference
-from roi_consistency.atomic import write_json
-from roi_consistency.cache import ImageCache, build_cache
-from roi_consistency.config import config
-from roi_consistency.data import ImageCSVDataset, augment_batch
-from roi_consistency.labels import FINDINGS
-from roi_consistency.losses import joint_loss
-from roi_consistency.model import build_model
-from roi_consistency.phantom import make_phantom
+from roi_consistency.data import nih
+from roi_consistency.data.augment import augment_batch
+from roi_consistency.data.cache import build_cache
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.images import ImageCache
+from roi_consistency.data.labels import FINDINGS
+from roi_consistency.data.phantom import make_phantom
+from roi_consistency.files.atomic import write_json
+from roi_consistency.model.config import config
+from roi_consistency.model.network import build_model
+from roi_consistency.training import joint
+from roi_consistency.training.losses import joint_loss
 
 
 def peak_rss_mb() -> float:
@@ -110,7 +113,7 @@ def make_step(backbone: str, size: int, batch: int, passes: str, channels_last: 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    fwd = reference.Forward(model, cfg)
+    fwd = joint.Forward(model, cfg)
     fwd = torch.compile(fwd) if compile_ else fwd
     x = torch.rand(batch, 1, size, size, device=device).to(memory_format=fmt)
     y = (torch.rand(batch, len(FINDINGS), device=device) > 0.8).float()
@@ -166,13 +169,13 @@ def bench_road(n: int, size: int, device: torch.device, batch: int = 16) -> dict
     """ROAD's imputation on `n` images, per image with pytorch-grad-cam vs batched with ours."""
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-    from roi_consistency.model import random_mask_logits, topk_mask
-    from roi_consistency.road import impute
+    from roi_consistency.evaluation.road import impute
+    from roi_consistency.model.masks import random_maps, topk_mask
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(n, 1, size // 8, size // 8, generator=g), size=(size, size),
                                              mode="bilinear")
     x = (0.8 * smooth + 0.2 * torch.rand(n, 1, size, size, generator=g)).clamp(0, 1)
-    top = topk_mask(random_mask_logits(x.shape, "cpu", g), 0.1)
+    top = topk_mask(random_maps(x.shape, "cpu", g), 0.1)
     imputer, out = NoisyLinearImputer(), {"images": n, "size": size, "batch": batch, "ratio": 0.1}
     for order, keep in (("morf", 1 - top), ("lerf", top)):
         t = time.perf_counter()

@@ -12,9 +12,9 @@ import torch
 from classifier_auroc import demo_test_set
 from PIL import Image
 
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.evaluate import read_boxes, scale_box
-from roi_consistency.metrics import box_mask
+from roi_consistency.data.boxes import read_boxes, scale_box
+from roi_consistency.evaluation.metrics import box_mask
+from roi_consistency.model.trained import load_trained
 
 
 def main(checkpoint: str, demo_dir: str, finding: str = "Nodule") -> None:
@@ -26,7 +26,7 @@ def main(checkpoint: str, demo_dir: str, finding: str = "Nodule") -> None:
     x = torch.stack([ds[i][0] for i in rows])
     with torch.no_grad():
         cls = torch.full((len(rows),), cfg.data.classes.index(finding))  # a class-specific map: the finding's
-        maps = model.explain(model.normalize(x), cls).logits[:, 0].numpy()
+        maps = model.explain(model.normalize(x), cls).maps[:, 0].numpy()
     share, single, peaks = [], [], Counter()
     for m, i in zip(maps, rows):
         with Image.open(f"{demo_dir}/phantom/images/{ds.names[i]}") as im:

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import torch
 
-from roi_consistency.cache import ImageCache
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.data import ImageCSVDataset
-from roi_consistency.metrics import mean_auroc, per_class_auroc
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.images import ImageCache
+from roi_consistency.evaluation.metrics import mean_auroc, per_class_auroc
+from roi_consistency.model.trained import load_trained
 
 
 def demo_test_set(demo_dir: str, cfg) -> ImageCSVDataset:

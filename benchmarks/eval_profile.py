@@ -13,7 +13,7 @@ import pstats
 import tempfile
 import time
 
-from roi_consistency.evaluate import evaluate_checkpoint
+from roi_consistency.evaluation.evaluate import evaluate_checkpoint
 
 # (label, file suffix, function) of the passes reported, in the order evaluate runs them
 PASSES = [("the passes over the test set, in all", "evaluate.py", "evaluate_model"),

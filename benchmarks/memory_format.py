@@ -13,7 +13,7 @@ import time
 import torch
 import torchvision
 
-from roi_consistency.atomic import write_json
+from roi_consistency.files.atomic import write_json
 
 
 def rate(fn, n_images: int, repeats: int = 3) -> float:

@@ -14,10 +14,10 @@ import torch
 from classifier_auroc import demo_test_set
 from PIL import Image
 
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.evaluate import read_boxes, scale_box
-from roi_consistency.metrics import pointing_hit
-from roi_consistency.model import class_attribution
+from roi_consistency.data.boxes import read_boxes, scale_box
+from roi_consistency.evaluation.metrics import pointing_hit
+from roi_consistency.model.mask_nets import class_attribution
+from roi_consistency.model.trained import load_trained
 
 
 def main(checkpoint: str, demo_dir: str) -> None:
@@ -33,7 +33,7 @@ def main(checkpoint: str, demo_dir: str) -> None:
         cls = torch.tensor([classes.index(b[0]) for b in boxes[name]])
         xn = model.normalize(ds[i][0][None].expand(len(cls), -1, -1, -1))
         with torch.no_grad():
-            maps = {"learned": model.explain(xn, cls).logits[:, 0],
+            maps = {"learned": model.explain(xn, cls).maps[:, 0],
                     "attribution": class_attribution(model.backbone, xn, (), cls, model.fill_for(xn))[3][:, 0]}
         several = len(cls) > 1
         for j, (label, *box) in enumerate(boxes[name]):

@@ -9,12 +9,13 @@ import argparse
 
 import torch
 
-from roi_consistency.cache import ImageCache
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.curves import sample_rows
-from roi_consistency.data import ImageCSVDataset
-from roi_consistency.evaluate import model_boxes, sanity_pairs
-from roi_consistency.sanity import sanity_check
+from roi_consistency.data.boxes import model_boxes
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.images import ImageCache
+from roi_consistency.evaluation.curves import sample_rows
+from roi_consistency.evaluation.evaluate import sanity_pairs
+from roi_consistency.evaluation.sanity import sanity_check
+from roi_consistency.model.trained import load_trained
 
 
 def main() -> None:

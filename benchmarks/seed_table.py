@@ -17,7 +17,7 @@ R = "0.1"
 
 def figures(d: dict) -> dict:
     f, road = d["faithfulness"], d["road"]
-    loc, vs = d["localization"], d["uncertainty"]["learned_vs_gradcam"]
+    loc, vs = d["localisation"], d["uncertainty"]["learned_vs_gradcam"]
     out = {"AUROC": d["mean_auroc"]["full"]}
     for label, get in (("comp", lambda m: f[m]["comprehensiveness"][R]), ("ROAD MoRF", lambda m: road[m]["morf"][R]),
                        ("ROAD LeRF", lambda m: road[m]["lerf"][R]), ("pointing", lambda m: loc[m]["pointing_game"])):

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from roi_consistency.classifier_stage import evalx_logits, n_masked
-from roi_consistency.config import PRESETS, TrainConfig
-from roi_consistency.losses import classifier_loss
-from roi_consistency.model import build_model
+from roi_consistency.model.config import PRESETS, TrainConfig
+from roi_consistency.model.network import build_model
+from roi_consistency.training.classifier import evalx_logits, n_masked
+from roi_consistency.training.losses import classifier_loss
 
 STEPS_PER_EPOCH = 91  # 1,447 training images at batch 16
 
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed steps per size (median)")
     args = ap.parse_args()
     cfg = TrainConfig().replace(**PRESETS["cpu-demo"])
-    model = build_model(cfg.model, cfg.method, len(cfg.data.classes), load_pretrained=False)
+    model = build_model(cfg.model, cfg.method, len(cfg.data.classes))
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.backbone.parameters(), lr=cfg.optim.lr)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -1,8 +1,8 @@
 """Shared fixtures: a small phantom dataset, made once per test session (never ../shared)."""
 import pytest
 
-from roi_consistency import nih
-from roi_consistency.phantom import make_phantom
+from roi_consistency.data import nih
+from roi_consistency.data.phantom import make_phantom
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +21,8 @@ def phantom64(tmp_path_factory):
 def trained64(phantom64, tmp_path_factory):
     """A resnet18 checkpoint trained briefly at 48 px on phantom64 with the default method (a classifier
     epoch, then a mask epoch): enough for schemas, not accuracy."""
-    from roi_consistency.config import config
-    from roi_consistency.train import fit
+    from roi_consistency.model.config import config
+    from roi_consistency.training.train import fit
     out = tmp_path_factory.mktemp("trained64")
     cfg = config(train_csv=str(phantom64["train"]), val_csv=str(phantom64["val"]), image_root=str(phantom64["images"]),
                  img_size=48, backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=1,

@@ -9,7 +9,7 @@ import sys
 import torch
 
 from roi_consistency import cli
-from roi_consistency.train import fit
+from roi_consistency.training.train import fit
 
 out_dir, argv = sys.argv[1], sys.argv[2:]
 rank = int(os.environ["RANK"])

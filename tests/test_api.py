@@ -69,7 +69,7 @@ def test_every_kind_of_image_gives_the_same_numbers(trained64, phantom64):
 
 
 def test_explain_draws_the_map_crop_drop_cuts(trained64, phantom64):
-    from roi_consistency.model import topk_mask
+    from roi_consistency.model.masks import topk_mask
     model = rc.load(trained64)
     images = sorted(phantom64["images"].iterdir())[:3]
     out = model.crop_drop(images, keep_ratio=0.2)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from roi_consistency.cache import ImageCache, build_cache
-from roi_consistency.data import ImageCSVDataset, load_image
+from roi_consistency.data.cache import build_cache
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.images import ImageCache, load_image
+from roi_consistency.data.labels import FINDINGS
 from roi_consistency.errors import UserError
-from roi_consistency.labels import FINDINGS
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_device_side_resize_and_augment_match_the_loader_path(cache32, phantom64
     give the loader workers' images, within the tolerance of one resampling instead of two."""
     from torch.utils.data import default_collate
 
-    from roi_consistency.data import augment_batch
+    from roi_consistency.data.augment import augment_batch
     classes = list(FINDINGS)
     cache = ImageCache(cache32, 16)
     worker = ImageCSVDataset(phantom64["test"], phantom64["images"], 16, classes, augment=True, cache=cache)
@@ -108,8 +109,8 @@ def test_device_side_resize_and_augment_match_the_loader_path(cache32, phantom64
 
 
 def test_training_with_device_transforms_reads_the_raw_cache(cache32, phantom64, tmp_path, monkeypatch):
-    from roi_consistency import train
-    from roi_consistency.config import config
+    from roi_consistency.model.config import config
+    from roi_consistency.training import train
     monkeypatch.setattr(train, "augment_on_device", lambda device: True)  # what CUDA gets
     cfg = config(train_csv=str(phantom64["val"]), val_csv=str(phantom64["test"]), image_root=str(phantom64["images"]),
                  cache=str(cache32), img_size=32, backbone="resnet18", pretrained=False, batch_size=16,
@@ -121,7 +122,7 @@ def test_training_with_device_transforms_reads_the_raw_cache(cache32, phantom64,
 
 
 def test_normal_mean_image_averages_only_images_without_findings(phantom64):
-    from roi_consistency.data import normal_mean_image
+    from roi_consistency.data.dataset import normal_mean_image
     ds = ImageCSVDataset(phantom64["val"], phantom64["images"], 16, list(FINDINGS))
     normal = [i for i in range(len(ds)) if ds.labels[i].sum() == 0]
     assert 0 < len(normal) < len(ds)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from roi_consistency import cli
-from roi_consistency import metrics as M
-from roi_consistency.calibrate import calibrate_checkpoint, called
+from roi_consistency.evaluation import metrics as M
+from roi_consistency.evaluation.calibrate import calibrate_checkpoint
+from roi_consistency.evaluation.calibration import called
 from roi_consistency.infer import infer_csv
 
 

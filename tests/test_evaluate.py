@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from roi_consistency.evaluate import evaluate_checkpoint, read_boxes
-from roi_consistency.explainers import gradcam_maps
+from roi_consistency.data.boxes import read_boxes
+from roi_consistency.evaluation.evaluate import evaluate_checkpoint
+from roi_consistency.evaluation.explainers import gradcam_maps
+from roi_consistency.evaluation.metrics import per_class_auroc
 from roi_consistency.infer import infer_csv
-from roi_consistency.metrics import per_class_auroc
 
 
 class BrightDark(nn.Module):
@@ -57,12 +58,12 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
                             keep_ratios=(0.05, 0.2), n_examples=3, workers=0, progress=False)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["n_images"] == m["n_images"] == sum(1 for _ in open(phantom64["test"])) - 1
-    assert set(saved) >= {"n_images", "classes", "keep_ratio", "auroc", "mean_auroc", "faithfulness", "localization"}
+    assert set(saved) >= {"n_images", "classes", "keep_ratio", "auroc", "mean_auroc", "faithfulness", "localisation"}
     assert saved["keep_ratios"] == [0.05, 0.1, 0.2]  # the checkpoint's 0.1 is always added
     for k in ("learned", "gradcam", "random"):
         assert set(saved["faithfulness"][k]["comprehensiveness"]) == {"0.05", "0.1", "0.2"}
         assert saved["kept_fraction"][k] == pytest.approx(round(0.1 * 48 * 48) / (48 * 48))
-        loc = saved["localization"][k]
+        loc = saved["localisation"][k]
         assert 0.0 <= loc["pointing_game"] <= 1.0 and set(loc["iobb_acc"]) == {"0.1", "0.25", "0.5"}
     assert saved["maps"] == ["learned", "gradcam", "random"]
     assert set(saved["leakage"]) == set(saved["maps"])  # every explainer goes through every pass
@@ -73,11 +74,11 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
     assert boxed["boxes"]["mean_auroc"] > boxed["random"]["mean_auroc"] + 0.2
     assert saved["auroc"]["full"]["Hernia"] is None and saved["auroc"]["full"]["Effusion"] is not None
     boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
-    assert saved["localization"]["n_boxes"] == sum(len(v) for v in boxes.values())
+    assert saved["localisation"]["n_boxes"] == sum(len(v) for v in boxes.values())
     # per finding: pointing per map, and the true box as the region (counts add up to every box)
     per_finding = {f for v in boxes.values() for f, *_ in v}
-    assert set(saved["localization"]["learned"]["pointing_by_class"]) == per_finding
-    assert sum(v["n"] for v in saved["box_control"].values()) == saved["localization"]["n_boxes"]
+    assert set(saved["localisation"]["learned"]["pointing_by_class"]) == per_finding
+    assert sum(v["n"] for v in saved["box_control"].values()) == saved["localisation"]["n_boxes"]
     for v in saved["box_control"].values():
         assert 0 < v["box_area"] < 1 and 0 <= v["p_drop_box"] <= 1
     # The per-image learned mask is the one `infer` applies (one map per image: the most probable class's,
@@ -116,11 +117,11 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
                for v in cv[kind].values() for o in ("deletion", "insertion"))
 
 
-def test_evaluate_without_boxes_has_null_localization(trained64, phantom64, tmp_path):
+def test_evaluate_without_boxes_has_null_localisation(trained64, phantom64, tmp_path):
     m = evaluate_checkpoint(str(trained64), str(phantom64["val"]), str(phantom64["images"]), out_dir=str(tmp_path),
                             keep_ratios=(0.1,), n_examples=2, workers=0, progress=False)
-    assert m["localization"] is None
-    assert json.loads((tmp_path / "metrics.json").read_text())["localization"] is None
+    assert m["localisation"] is None
+    assert json.loads((tmp_path / "metrics.json").read_text())["localisation"] is None
     # evaluated on the CSV its thresholds were chosen on: said, in metrics.json and the report
     assert "chosen on" in m["calibration"]["warning"] and "optimistic" in (tmp_path / "report.html").read_text()
 
@@ -158,8 +159,8 @@ def bright_patches(tmp_path):
     """24 grey 48-px films, every other one with a bright 8x8 patch (a Mass, boxed): (dataset, boxes)."""
     from PIL import Image
 
-    from roi_consistency.data import ImageCSVDataset
-    from roi_consistency.labels import FINDINGS
+    from roi_consistency.data.dataset import ImageCSVDataset
+    from roi_consistency.data.labels import FINDINGS
     rng = np.random.default_rng(0)
     rows, boxes = ["image,labels"], {}
     for i in range(24):
@@ -176,17 +177,19 @@ def bright_patches(tmp_path):
 
 
 def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_random(tmp_path):
-    from roi_consistency.config import config
-    from roi_consistency.evaluate import EvalOptions, evaluate_model, summarize
-    from roi_consistency.explainers import BoxOracle, Random
-    from roi_consistency.model import MaskNet, ROIModel
+    from roi_consistency.evaluation.explainers import BoxOracle, Random
+    from roi_consistency.evaluation.passes import EvalOptions, evaluate_model
+    from roi_consistency.evaluation.summary import summarize
+    from roi_consistency.model.config import config
+    from roi_consistency.model.mask_nets import MaskNet
+    from roi_consistency.model.network import ROIModel
     ds, boxes = bright_patches(tmp_path)
     model = ROIModel(LocalBright(), MaskNet()).eval()  # removed pixels show the ImageNet mean, the background
     opt = EvalOptions(keep_ratios=(0.05, 0.1), n_examples=2, workers=0, progress=False)
     t = evaluate_model(model, ds, boxes, [BoxOracle(), Random(0)], [0.05, 0.1], 0.1, opt, torch.device("cpu"))
     m = summarize(t, ds.labels, config("seed", fill="mean"), "ck", True, 0, None, str(tmp_path / "t.csv"))
-    assert m["localization"]["n_boxes"] == 12 and m["localization"]["boxes"]["pointing_game"] == 1.0
-    assert m["localization"]["random"]["pointing_game"] < 0.5
+    assert m["localisation"]["n_boxes"] == 12 and m["localisation"]["boxes"]["pointing_game"] == 1.0
+    assert m["localisation"]["random"]["pointing_game"] < 0.5
     oracle, rand = (m["faithfulness"][k]["comprehensiveness"]["0.1"] for k in ("boxes", "random"))
     assert oracle > 0.5 and oracle > rand + 0.3, (oracle, rand)
     road = {k: {o: m["road"][k][o]["0.1"] for o in ("morf", "lerf")} for k in ("boxes", "random")}
@@ -207,7 +210,7 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
         assert o["deletion"]["auc_ci95"][1] < r["deletion"]["auc_ci95"][0]
         assert len(o["deletion"]["curve"]) == len(cv["ratios"])
     # by lesion size too (here every box has the same area: one tercile holds them all)
-    size = m["localization_by_size"]
+    size = m["localisation_by_size"]
     assert all((size["boxes"][t]["pointing_game"] or 0) >= (size["random"][t]["pointing_game"] or 0)
                for t in ("small", "medium", "large")) and size["boxes"]["large"]["pointing_game"] == 1.0
     # one more explainer is one more entry in every pass
@@ -217,9 +220,10 @@ def test_an_oracle_map_equal_to_the_true_box_points_at_it_and_removes_more_than_
 
 
 def test_the_image_and_the_pair_figures_share_one_map_per_image_and_class(tmp_path):
-    from roi_consistency.evaluate import EvalOptions, evaluate_model
-    from roi_consistency.explainers import Random
-    from roi_consistency.model import MaskNet, ROIModel
+    from roi_consistency.evaluation.explainers import Random
+    from roi_consistency.evaluation.passes import EvalOptions, evaluate_model
+    from roi_consistency.model.mask_nets import MaskNet
+    from roi_consistency.model.network import ROIModel
     ds, boxes = bright_patches(tmp_path)
     drawn = []
 
@@ -241,24 +245,24 @@ def test_the_image_and_the_pair_figures_share_one_map_per_image_and_class(tmp_pa
 
 
 def test_with_a_cache_box_sizes_come_from_its_index(trained64, phantom64, tmp_path, monkeypatch):
-    from roi_consistency import evaluate
-    from roi_consistency.cache import build_cache
+    from roi_consistency.data import boxes
+    from roi_consistency.data.cache import build_cache
     csv_path = boxed_test_set(phantom64, tmp_path)
     build_cache([str(csv_path)], str(phantom64["images"]), 64, str(tmp_path / "cache"), workers=1, progress=False)
 
     opened = []
-    real_open = evaluate.Image.open
+    real_open = boxes.Image.open
 
     def spy(fp, *a, **k):
         if not hasattr(fp, "read"):  # a file on disk, not the report's in-memory figures
             opened.append(fp)
         return real_open(fp, *a, **k)
-    monkeypatch.setattr(evaluate.Image, "open", spy)
+    monkeypatch.setattr(boxes.Image, "open", spy)
     m = evaluate_checkpoint(str(trained64), str(csv_path), str(tmp_path / "no-images-here"),
                             bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(tmp_path / "e"),
                             keep_ratios=(0.1,), n_examples=1, workers=0, progress=False, cache=str(tmp_path / "cache"))
     boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
-    assert m["localization"]["n_boxes"] == sum(len(v) for v in boxes.values())
+    assert m["localisation"]["n_boxes"] == sum(len(v) for v in boxes.values())
     assert opened == []  # no PNG was opened: the cache's index knows every size (and the images are elsewhere)
 
 
@@ -273,7 +277,7 @@ def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phan
     assert "ROAD MoRF" in out and "95% CI" in out
     assert saved["road_ratios"] == [0.05, 0.1] and set(saved["road"]["learned"]["morf"]) == {"0.05", "0.1"}
     assert saved["keep_ratios"] == [0.05, 0.1]  # a ROAD ratio is scored with the fill too
-    size, loc = saved["localization_by_size"], saved["localization"]
+    size, loc = saved["localisation_by_size"], saved["localisation"]
     assert sum(size["n"].values()) == loc["n_boxes"] and size["cut_points"][0] <= size["cut_points"][1]
     assert min(size["n"].values()) >= loc["n_boxes"] // 3 - 2  # terciles of the boxes' own areas
     for k in ("learned", "gradcam"):  # the terciles partition the boxes: their weighted mean is the whole

@@ -9,7 +9,7 @@ import torch
 import roi_consistency as rc
 from roi_consistency import cli
 from roi_consistency.errors import UserError
-from roi_consistency.export import load_export
+from roi_consistency.model.trained import load_trained
 from roi_consistency.runtime import cpu_features, cpu_name
 
 
@@ -21,7 +21,7 @@ def exported(trained64, tmp_path_factory):
         "n_images": 40, "keep_ratio": 0.1, "maps": ["learned", "gradcam"], "mean_auroc": {"full": 0.9312},
         "faithfulness": {k: {"comprehensiveness": {"0.1": v}, "sufficiency": {"0.1": 0.01}} for k, v in
                          (("learned", 0.5871), ("gradcam", 0.4))},
-        "localization": {"learned": {"pointing_game": 0.75}, "gradcam": {"pointing_game": 0.5}},
+        "localisation": {"learned": {"pointing_game": 0.75}, "gradcam": {"pointing_game": 0.5}},
         "uncertainty": {"mean_auroc_full": [0.9, 0.95], "maps": {}}}))
     cli.main(["export", "--checkpoint", str(trained64), "--out", str(out), "--metrics", str(metrics)])
     return out
@@ -69,7 +69,7 @@ def test_a_folder_with_a_missing_or_mismatched_file_is_refused(trained64, export
     shutil.copytree(exported, bad)
     (bad / "model.safetensors").unlink()
     with pytest.raises(UserError, match="model.safetensors is missing"):
-        load_export(bad)
+        load_trained(bad)
     shutil.copy(exported / "model.safetensors", bad / "model.safetensors")
     with open(bad / "model.safetensors", "r+b") as fh:  # one byte changed deep in the weights
         fh.seek(-100, 2)
@@ -77,13 +77,13 @@ def test_a_folder_with_a_missing_or_mismatched_file_is_refused(trained64, export
         fh.seek(-100, 2)
         fh.write(bytes([byte[0] ^ 1]))
     with pytest.raises(UserError, match="does not match config.json"):
-        load_export(bad)
+        load_trained(bad)
     shutil.copy(exported / "model.safetensors", bad / "model.safetensors")
     config = json.loads((bad / "config.json").read_text())
     config["training_config"]["model"]["backbone"] = "resnet34"
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match="does not fit the model"):
-        load_export(bad)
+    with pytest.raises(UserError, match="weights do not fit the model its config describes"):
+        load_trained(bad)
 
 
 def test_every_command_takes_the_folder_as_its_checkpoint(trained64, phantom64, exported, tmp_path, capsys):

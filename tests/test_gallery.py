@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.evaluate import evaluate_checkpoint
-from roi_consistency.gallery import Gallery, cards_of
+from roi_consistency.evaluation.evaluate import evaluate_checkpoint
+from roi_consistency.model.trained import load_trained
+from roi_consistency.outputs.gallery import Gallery, cards_of
 from test_report import BROWSER_ARGS, _chromium_or_skip
 
 
@@ -112,7 +112,7 @@ def test_sorting_filtering_and_the_detail_view_in_chromium(gallery):
 def test_a_large_test_set_is_shown_a_page_at_a_time(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from roi_consistency.gallery import page_html
+    from roi_consistency.outputs.gallery import page_html
     exe = _chromium_or_skip()
     recs = [{"id": k, "image": f"{k:08d}_000.png", "p_crop": 0.5, "p_drop": 0.1, "hit": k % 3 == 0,
              "maps": ["learned", "gradcam", "random"], "finding": "Mass" if k % 2 else "Nodule", "category": "TP",

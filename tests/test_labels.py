@@ -1,6 +1,6 @@
 import pytest
 
-from roi_consistency.labels import FINDINGS, LabelError, format_labels, parse_labels, to_vector
+from roi_consistency.data.labels import FINDINGS, LabelError, format_labels, parse_labels, to_vector
 
 
 def test_canonical_order_is_fixed():

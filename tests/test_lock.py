@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from roi_consistency.errors import UserError
-from roi_consistency.lock import RunLock, lock_path
+from roi_consistency.files.lock import RunLock, lock_path
 
 
 def test_a_second_run_on_the_same_checkpoint_is_refused_naming_the_first(tmp_path):
@@ -33,8 +33,8 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_note(tmp_path, capsy
 
 
 def test_train_refuses_a_checkpoint_that_a_running_train_holds(phantom64, tmp_path):
-    from roi_consistency.config import config
-    from roi_consistency.train import fit
+    from roi_consistency.model.config import config
+    from roi_consistency.training.train import fit
     save = tmp_path / "ck.pt"
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

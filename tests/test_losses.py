@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from roi_consistency.losses import (
+from roi_consistency.training.losses import (
     bce,
     classifier_loss,
     consistency,

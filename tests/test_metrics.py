@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from roi_consistency import metrics as M
+from roi_consistency.evaluation import metrics as M
 
 
 def test_auroc_with_one_class_column_is_null_and_left_out_of_mean():
@@ -45,7 +45,7 @@ def test_pointing_game_argmax_and_tie_centroid():
 
 
 def test_iobb_with_scaled_box():
-    from roi_consistency.evaluate import scale_box
+    from roi_consistency.data.boxes import scale_box
     region = np.zeros((8, 8), bool)
     region[0:4, 0:4] = True  # 16 pixels
     box = scale_box((0, 0, 64, 32), (256, 256), 8)  # a 256-px PNG box -> (0, 0, 2, 1) at 8 px

@@ -3,9 +3,13 @@ import torch
 from torch import nn
 
 from roi_consistency.errors import UserError
-from roi_consistency.losses import joint_loss, mask_loss
-from roi_consistency.model import MaskNet, ROIModel, build_backbone, straight_through, topk_mask
-from roi_consistency.reference import joint_outputs
+from roi_consistency.model.backbones import build_backbone
+from roi_consistency.model.mask_nets import MaskNet
+from roi_consistency.model.masks import straight_through, topk_mask
+from roi_consistency.model.network import ROIModel
+from roi_consistency.model.trained import read_weights
+from roi_consistency.training.joint import joint_outputs
+from roi_consistency.training.losses import joint_loss, mask_loss
 
 
 def joint(model, x, mode="full"):
@@ -69,7 +73,7 @@ def test_consistency_and_drop_terms_reach_the_mask_network(term):
 
 def test_fused_and_separate_passes_agree_for_layernorm_backbone():
     torch.manual_seed(0)
-    backbone = build_backbone("convnext_tiny", 14, pretrained=False, drop_path=0.0)
+    backbone = build_backbone("convnext_tiny", 14, drop_path=0.0)
     model = ROIModel(backbone, MaskNet()).train()
     assert model.fused  # no BatchNorm: one call on [full; crop; drop]
     x = torch.rand(2, 1, 32, 32)
@@ -93,11 +97,12 @@ def test_backbone_head_and_errors(tmp_path):
     import torchvision
     ref = torchvision.models.resnet18()
     torch.save(ref.state_dict(), tmp_path / "r18.pt")
-    m = build_backbone("resnet18", 14, weights=str(tmp_path / "r18.pt"))
+    m = build_backbone("resnet18", 14, weights=read_weights(str(tmp_path / "r18.pt")).backbone)
     torch.testing.assert_close(m.conv1.weight, ref.conv1.weight)
     torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "other.pt")
-    with pytest.raises(UserError, match="match"):
-        build_backbone("resnet18", 14, weights=str(tmp_path / "other.pt"))
+    with pytest.raises(UserError, match="--weights other.pt: only .* tensors match"):
+        build_backbone("resnet18", 14, weights=read_weights(str(tmp_path / "other.pt")).backbone,
+                       weights_name="--weights other.pt")
 
 
 def test_pretrained_without_network_fails_clearly(monkeypatch, tmp_path):
@@ -108,7 +113,7 @@ def test_pretrained_without_network_fails_clearly(monkeypatch, tmp_path):
         raise OSError("[Errno -2] Name or service not known")
     monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
     with pytest.raises(UserError, match=r"ResNet18_Weights.*--weights.*--no-pretrained"):
-        build_backbone("resnet18", 14, pretrained=True)
+        build_backbone("resnet18", 14, download=True)
 
 
 class RegionReader(nn.Module):
@@ -146,9 +151,10 @@ def test_a_few_steps_move_the_reference_mask_onto_the_region_that_holds_the_sign
 
 
 def test_the_methods_head_reads_the_backbone_without_copying_it():
-    from roi_consistency.config import MethodConfig, ModelConfig
-    from roi_consistency.mask_stage import mask_outputs
-    from roi_consistency.model import build_model, features_grad
+    from roi_consistency.model.config import MethodConfig, ModelConfig
+    from roi_consistency.model.mask_nets import features_grad
+    from roi_consistency.model.network import build_model
+    from roi_consistency.training.mask import mask_outputs
     model = build_model(ModelConfig(backbone="resnet18", pretrained=False), MethodConfig(), 14).eval()
     model.backbone.requires_grad_(False)
     full, crop, drop, soft, m, cls = mask_outputs(model, model.normalize(torch.rand(2, 1, 64, 64)), 0.1, None)
@@ -201,8 +207,8 @@ class TwoRegionReader(nn.Module):
 
 
 def test_per_class_head_moves_each_class_mask_onto_its_own_evidence():
-    from roi_consistency.mask_stage import class_pairs, mask_outputs
-    from roi_consistency.model import features_grad
+    from roi_consistency.model.mask_nets import features_grad
+    from roi_consistency.training.mask import class_pairs, mask_outputs
     torch.manual_seed(0)
     n = 24
     y = torch.zeros(n, 2)
@@ -240,7 +246,7 @@ def test_per_class_head_moves_each_class_mask_onto_its_own_evidence():
 
 
 def test_evalx_pass_masks_only_the_first_images_and_keeps_bn_stats_for_full_images():
-    from roi_consistency.classifier_stage import evalx_logits
+    from roi_consistency.training.classifier import evalx_logits
     backbone, reference = twin_backbones(3)
     model = ROIModel(backbone, MaskNet()).train()
     x = torch.rand(6, 1, 32, 32)
@@ -252,9 +258,9 @@ def test_evalx_pass_masks_only_the_first_images_and_keeps_bn_stats_for_full_imag
 
 
 def test_mask_stage_outputs_are_the_frozen_classifiers_and_train_only_the_mask():
-    from roi_consistency.config import MethodConfig, ModelConfig
-    from roi_consistency.mask_stage import mask_outputs
-    from roi_consistency.model import build_model
+    from roi_consistency.model.config import MethodConfig, ModelConfig
+    from roi_consistency.model.network import build_model
+    from roi_consistency.training.mask import mask_outputs
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="resnet18", pretrained=False), MethodConfig(), 14).eval()
     model.backbone.requires_grad_(False)
@@ -290,7 +296,7 @@ def test_normal_fill_puts_the_fill_image_where_pixels_are_removed():
 
 
 def test_class_pairs_pair_each_image_with_each_of_its_findings():
-    from roi_consistency.mask_stage import class_pairs
+    from roi_consistency.training.mask import class_pairs
     rows, cls = class_pairs(torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]))
     assert rows.tolist() == [0, 2, 2] and cls.tolist() == [0, 0, 2]  # the normal image has nothing to explain
     rows, cls = class_pairs(torch.zeros(3, 2))  # a batch of normal images still trains: most probable class
@@ -304,7 +310,7 @@ def test_class_pairs_pair_each_image_with_each_of_its_findings():
 
 
 def test_class_attribution_is_the_first_order_effect_of_removing_each_pixel():
-    from roi_consistency.model import class_attribution
+    from roi_consistency.model.mask_nets import class_attribution
     torch.manual_seed(0)
     w = torch.randn(3, 2, 4, 4)  # a linear classifier: logit_c = sum(w_c * x), so the gradient is w_c
 

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from roi_consistency import cli, nih
+from roi_consistency import cli
+from roi_consistency.data import nih
 from roi_consistency.errors import UserError
 
 HEADER_2017 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

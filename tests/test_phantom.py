@@ -7,13 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roi_consistency.phantom import (
-    BBOX_HEADER,
-    DATA_ENTRY_HEADER,
-    DEFAULT_FINDINGS,
-    make_phantom,
-    render_image,
-)
+from roi_consistency.data.phantom import BBOX_HEADER, DATA_ENTRY_HEADER, DEFAULT_FINDINGS, make_phantom, render_image
 
 N, SIZE = 90, 64
 

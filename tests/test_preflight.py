@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from roi_consistency import cli
-from roi_consistency.atomic import write_json
+from roi_consistency.data.preflight import check_images, image_problem
 from roi_consistency.errors import UserError
-from roi_consistency.preflight import check_images, image_problem
+from roi_consistency.files.atomic import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_skip_bad_images_leaves_them_out_with_a_warning(broken, tmp_path, capsys
 
 
 def test_infer_and_evaluate_list_the_images_they_skipped(broken, trained64, tmp_path):
-    from roi_consistency.evaluate import evaluate_checkpoint
+    from roi_consistency.evaluation.evaluate import evaluate_checkpoint
     from roi_consistency.infer import infer_csv
     preds = infer_csv(str(trained64), str(broken["csv"]), str(broken["images"]), str(tmp_path / "p.json"),
                       workers=0, progress=False, skip_bad=True)
@@ -108,7 +108,7 @@ def test_a_junk_checkpoint_and_one_with_pickled_code_are_refused_in_one_line(tmp
 
 def test_a_full_disk_during_a_checkpoint_write_is_a_clear_error_and_keeps_the_previous_one(trained64, tmp_path,
                                                                                            monkeypatch):
-    from roi_consistency import checkpoint
+    from roi_consistency.files import checkpoint
     target = tmp_path / "ck.pt"
     shutil.copy(trained64, target)
     before = target.read_bytes()
@@ -181,7 +181,7 @@ def test_an_image_that_breaks_mid_run_stops_it_cleanly_or_is_skipped(corrupted, 
 
 
 def test_infer_and_evaluate_leave_out_an_image_that_breaks_mid_run(corrupted, trained64, tmp_path):
-    from roi_consistency.evaluate import evaluate_checkpoint
+    from roi_consistency.evaluation.evaluate import evaluate_checkpoint
     from roi_consistency.infer import infer_csv
     corrupt(corrupted["images"] / corrupted["name"])
     n = sum(1 for _ in open(corrupted["csv"])) - 1

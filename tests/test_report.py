@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roi_consistency import report
 from roi_consistency.errors import UserError
+from roi_consistency.outputs import report, screenshot
 
 RATIOS = ("0.01", "0.05", "0.1", "0.2", "0.5")
 HEADINGS = ("Headline numbers", "Per-class AUROC", "Faithfulness vs keep ratio", "Deletion and insertion curves",
@@ -16,7 +16,7 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def _metrics(localization=True):
+def _metrics(localisation=True):
     classes = ["Mass", "Nodule <b>", "Hernia"]  # Hernia: AUROC undefined everywhere
     faith = {name: {"comprehensiveness": {k: base * float(k) ** 0.3 for k in RATIOS},
                     "sufficiency": {k: 0.3 - base * float(k) for k in RATIOS}}
@@ -48,16 +48,16 @@ def _metrics(localization=True):
             "mean_auroc": {"full": 0.8623, "crop": {"learned": 0.75, "gradcam": 0.7, "random": 0.5},
                            "drop": {"learned": 0.5512, "gradcam": 0.6, "random": 0.8}},
             "kept_fraction": {"learned": 0.1, "gradcam": 0.1, "random": 0.1},
-            "faithfulness": faith, "road": road, "uncertainty": unc, "localization": loc if localization else None,
-            "box_control": box_control if localization else None,
-            "localization_by_size": {"cut_points": [0.0123, 0.0456], "n": {"small": 3, "medium": 2, "large": 2},
+            "faithfulness": faith, "road": road, "uncertainty": unc, "localisation": loc if localisation else None,
+            "box_control": box_control if localisation else None,
+            "localisation_by_size": {"cut_points": [0.0123, 0.0456], "n": {"small": 3, "medium": 2, "large": 2},
                                      **{k: {t: {"pointing_game": 0.3333 if t == "small" else 1.0, "iobb_acc_0.1": 0.5}
                                             for t in ("small", "medium", "large")} for k in ("learned", "gradcam")}}
-            if localization else None, "leakage": leak,
-            "leakage_boxed": boxed if localization else None, "curves": _curves(), "sanity": _sanity(),
-            "calibration": _calibration(thresholds=localization),
+            if localisation else None, "leakage": leak,
+            "leakage_boxed": boxed if localisation else None, "curves": _curves(), "sanity": _sanity(),
+            "calibration": _calibration(thresholds=localisation),
             "environment": {"trained": {"device": "cuda", "name": "GPU <x>", "processes": 2, "threads": 8,
-                                        "torch": "2.11.0"} if localization else None,
+                                        "torch": "2.11.0"} if localisation else None,
                             "evaluated": {"device": "cpu", "name": "Some CPU", "features": ["AVX2"], "processes": 1,
                                           "threads": 2, "torch": "2.14.1"}}}
 
@@ -109,11 +109,11 @@ def _examples(boxes=True):
 
     def one_map(cy, cx):
         heat = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 120.0)
-        return {"heat": heat, "mask": heat >= np.quantile(heat, 0.9)}
+        return {"map": heat, "mask": heat >= np.quantile(heat, 0.9)}
 
     rand = rng.random((64, 64))
     maps = {"learned": one_map(20, 24), "gradcam": one_map(30, 30),
-            "random": {"heat": rand, "mask": rand >= np.quantile(rand, 0.9)}}
+            "random": {"map": rand, "mask": rand >= np.quantile(rand, 0.9)}}
     ex1 = {"image": "00000003_000.png", "labels": ["Mass"], "gray": gray,
            "boxes": [("Mass", 14, 10, 20, 18)] if boxes else [], "maps": maps,
            "probs": {"full": {"Mass": 0.91}, "crop": {"Mass": 0.72}, "drop": {"Mass": 0.33}}}
@@ -127,7 +127,7 @@ def _examples(boxes=True):
 def reports(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     full = report.write_report(d / "full" / "report.html", _metrics(), _roc(), _examples())
-    bare = report.write_report(d / "bare.html", _metrics(localization=False), _roc(), _examples(boxes=False),
+    bare = report.write_report(d / "bare.html", _metrics(localisation=False), _roc(), _examples(boxes=False),
                                title="No boxes")
     return full, bare
 
@@ -166,7 +166,7 @@ def test_report_is_self_contained_and_escaped(reports):
     assert full.stat().st_size < 1_000_000
 
 
-def test_report_without_localization(reports):
+def test_report_without_localisation(reports):
     _, bare = reports
     text = bare.read_text(encoding="utf-8")
     assert "No bounding-box file" in text and "IoBB &gt; 0.25" not in text
@@ -176,7 +176,7 @@ def test_report_without_localization(reports):
 
 
 def _chromium_or_skip():
-    exe = report.find_chromium()
+    exe = screenshot.find_chromium()
     if exe is None:
         if os.environ.get("ROI_REQUIRE_CHROMIUM") == "1":
             pytest.fail("ROI_REQUIRE_CHROMIUM=1 but no chromium / chromium-browser / google-chrome on PATH: "
@@ -206,7 +206,7 @@ def _render(exe, path):
             browser.close()
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["with-boxes", "no-localization"])
+@pytest.mark.parametrize("which", [0, 1], ids=["with-boxes", "no-localisation"])
 def test_report_renders_in_chromium(reports, which):
     exe = _chromium_or_skip()
     problems, widths, body = _render(exe, reports[which])
@@ -230,7 +230,7 @@ def test_render_check_catches_broken_pages(tmp_path):
 
 def test_screenshot(reports, tmp_path):
     _chromium_or_skip()
-    png = report.screenshot(reports[0], tmp_path / "shot.png", width=900, height=1400)
+    png = screenshot.screenshot(reports[0], tmp_path / "shot.png", width=900, height=1400)
     assert png.stat().st_size > 0
     with Image.open(png) as im:
         assert im.size[0] == 900
@@ -238,17 +238,17 @@ def test_screenshot(reports, tmp_path):
 
 def test_screenshot_of_a_section_starts_there(reports, tmp_path):
     _chromium_or_skip()
-    top = report.screenshot(reports[0], tmp_path / "top.png", width=900, height=500)
-    ex = report.screenshot(reports[0], tmp_path / "ex.png", width=900, height=500, section="examples")
+    top = screenshot.screenshot(reports[0], tmp_path / "top.png", width=900, height=500)
+    ex = screenshot.screenshot(reports[0], tmp_path / "ex.png", width=900, height=500, section="examples")
     with Image.open(top) as a, Image.open(ex) as b:
         a, b = np.asarray(a.convert("L"), np.int16), np.asarray(b.convert("L"), np.int16)
     assert a.shape == b.shape and np.abs(a - b).mean() > 5
     assert b.std() > 20  # the examples' images are there, not a blank page
     with pytest.raises(UserError, match="no section"):
-        report.screenshot(reports[1], tmp_path / "none.png", section="nowhere")
+        screenshot.screenshot(reports[1], tmp_path / "none.png", section="nowhere")
 
 
 def test_screenshot_without_chromium(reports, tmp_path, monkeypatch):
-    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    monkeypatch.setattr(screenshot.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="chromium"):
-        report.screenshot(reports[0], tmp_path / "shot.png")
+        screenshot.screenshot(reports[0], tmp_path / "shot.png")

@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.data import ImageCSVDataset
-from roi_consistency.model import random_mask_logits, topk_mask
-from roi_consistency.road import impute
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.evaluation.road import impute
+from roi_consistency.model.masks import random_maps, topk_mask
+from roi_consistency.model.trained import load_trained
 
 
 def films(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -24,7 +24,7 @@ def reference(x: torch.Tensor, keep: torch.Tensor, noise: float) -> torch.Tensor
 def test_the_noiseless_fill_is_pytorch_grad_cams_solution():
     x = films(6, 40)
     for kept in (0.1, 0.5, 0.9):  # LeRF at r = 0.1 keeps 10 %, MoRF keeps 90 %
-        keep = topk_mask(random_mask_logits(x.shape, "cpu", torch.Generator().manual_seed(1)), kept)
+        keep = topk_mask(random_maps(x.shape, "cpu", torch.Generator().manual_seed(1)), kept)
         ours, theirs = impute(x, keep, noise=0, tol=1e-5), reference(x, keep, 0)
         removed = keep.expand_as(x) < 0.5
         assert (ours - theirs).abs()[removed].mean() < 1e-4, kept
@@ -34,7 +34,7 @@ def test_the_noiseless_fill_is_pytorch_grad_cams_solution():
 
 def test_each_channel_is_filled_alike_and_the_noise_is_seeded():
     gray = films(2, 32)
-    keep = topk_mask(random_mask_logits(gray.shape, "cpu", torch.Generator().manual_seed(2)), 0.3)
+    keep = topk_mask(random_maps(gray.shape, "cpu", torch.Generator().manual_seed(2)), 0.3)
     rgb = impute(gray.expand(-1, 3, -1, -1), keep, generator=torch.Generator().manual_seed(0))
     assert torch.equal(rgb[:, 0], rgb[:, 1]) and torch.equal(rgb[:, 1], rgb[:, 2])
     again = impute(gray.expand(-1, 3, -1, -1), keep, generator=torch.Generator().manual_seed(0))
@@ -48,7 +48,7 @@ def test_the_model_sees_the_same_probabilities_as_with_pytorch_grad_cams_imputer
     model, cfg = load_trained(trained64)
     ds = ImageCSVDataset(phantom64["test"], phantom64["images"], cfg.model.img_size, cfg.data.classes)
     x = torch.stack([ds[i][0] for i in range(16)])
-    logits = random_mask_logits(x.shape, "cpu", torch.Generator().manual_seed(3))
+    logits = random_maps(x.shape, "cpu", torch.Generator().manual_seed(3))
     torch.manual_seed(0)
     for order, kept in (("MoRF", 0.9), ("LeRF", 0.1)):
         keep = topk_mask(logits, kept)

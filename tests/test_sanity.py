@@ -4,10 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.data import ImageCSVDataset
-from roi_consistency.evaluate import evaluate_checkpoint, sanity_pairs
-from roi_consistency.sanity import cascade_stages, randomise, sanity_check, spearman
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.evaluation.evaluate import evaluate_checkpoint, sanity_pairs
+from roi_consistency.evaluation.sanity import cascade_stages, randomise, sanity_check, spearman
+from roi_consistency.model.trained import load_trained
 
 
 def test_stages_run_top_down_for_resnet_and_convnext():

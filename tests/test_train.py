@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from roi_consistency import cli
-from roi_consistency.checkpoint import best_path
-from roi_consistency.config import MODES, PRESETS, config
 from roi_consistency.errors import UserError
-from roi_consistency.loop import lr_factor
-from roi_consistency.train import check_config, fit
+from roi_consistency.files.checkpoint import best_path
+from roi_consistency.model.config import MODES, PRESETS, config
+from roi_consistency.training.loop import lr_factor
+from roi_consistency.training.settings import check_config
+from roi_consistency.training.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,7 +145,7 @@ def test_every_preset_trains_with_any_epoch_count(phantom64, tmp_path, preset):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_reference_and_each_of_its_modes_train_through_fit(phantom64, tmp_path, mode):
-    from roi_consistency.model import build_model
+    from roi_consistency.model.network import build_model
     cfg = small_cfg(phantom64, tmp_path, preset="seed", mode=mode, train_csv=str(phantom64["val"]), epochs=1)
     torch.manual_seed(cfg.optim.seed)
     init = copy.deepcopy(build_model(cfg.model, cfg.method, 14).mask_net.state_dict())
@@ -194,8 +195,8 @@ def test_resume_names_every_ignored_flag_in_one_warning(phantom64, tmp_path, cap
 
 
 def test_a_preset_given_again_on_resume_sets_its_run_settings_and_the_rest_comes_from_the_checkpoint():
-    from roi_consistency.checkpoint import FORMAT
-    from roi_consistency.train import resume_config
+    from roi_consistency.files.checkpoint import FORMAT
+    from roi_consistency.training.settings import resume_config
     trained = config(epochs=1, mask_epochs=0, lr=3e-3, save="a.pt")
     ckpt = {"format": FORMAT, "config": trained.to_dict()}
     cfg = resume_config(config("cpu-demo", resume="a.pt"), ckpt, {"preset", "resume"}, "a.pt")
@@ -309,7 +310,7 @@ def test_two_stage_trains_the_classifier_then_only_the_mask(phantom64, tmp_path)
     assert stage1["stages"]["classifier"]["epoch"] == 1 and stage1["step"] == per_epoch  # stopped at the boundary
     cfg = small_cfg(phantom64, tmp_path, accum_steps=1)
     torch.manual_seed(cfg.optim.seed)
-    from roi_consistency.model import build_model
+    from roi_consistency.model.network import build_model
     init = build_model(cfg.model, cfg.method, 14).state_dict()
     full = fit(cfg)
     m1, m2 = stage1["model"], full["model"]
@@ -351,19 +352,20 @@ def test_mask_stage_alone_against_a_classifier_from_weights(trained64, phantom64
 
 def test_progressive_resizing_grows_the_classifier_input_then_holds(phantom64, tmp_path, monkeypatch):
     """--img-size-start: classifier epochs see inputs growing to --img-size; the mask stage sees --img-size."""
-    from roi_consistency import classifier_stage, data, mask_stage
-    from roi_consistency.train import input_size
+    from roi_consistency.data import dataset
+    from roi_consistency.training import classifier, mask
+    from roi_consistency.training.train import input_size
     seen: dict[str, set] = {}
 
     def spy(name):
         def to_input(x, device, size):
-            out = data.to_input(x, device, size)
+            out = dataset.to_input(x, device, size)
             seen.setdefault(name, []).append(out.shape[-1])
             return out
         return to_input
 
-    monkeypatch.setattr(classifier_stage, "to_input", spy("classifier"))
-    monkeypatch.setattr(mask_stage, "to_input", spy("mask"))
+    monkeypatch.setattr(classifier, "to_input", spy("classifier"))
+    monkeypatch.setattr(mask, "to_input", spy("mask"))
     cfg = small_cfg(phantom64, tmp_path, epochs=3, img_size=48, img_size_start=32, accum_steps=1, val_csv=None)
     fit(cfg)
     per_epoch = math.ceil(rows(phantom64["train"]) / 16)
@@ -373,14 +375,14 @@ def test_progressive_resizing_grows_the_classifier_input_then_holds(phantom64, t
 
 
 def test_non_finite_losses_stop_the_run_and_the_last_good_checkpoint_stays(phantom64, tmp_path, monkeypatch):
-    from roi_consistency import classifier_stage
-    real, calls = classifier_stage.classifier_loss, []
+    from roi_consistency.training import classifier
+    real, calls = classifier.classifier_loss, []
 
     def poisoned(*a, **k):
         loss, terms = real(*a, **k)
         calls.append(1)
         return (loss * float("nan"), terms) if len(calls) > 4 else (loss, terms)
-    monkeypatch.setattr(classifier_stage, "classifier_loss", poisoned)
+    monkeypatch.setattr(classifier, "classifier_loss", poisoned)
     cfg = small_cfg(phantom64, tmp_path, accum_steps=1, save_every=1, val_csv=None)
     with pytest.raises(UserError, match=r"weights are no longer finite at step 5: stopped without saving"):
         fit(cfg)  # the first non-finite loss poisoned the weights: the save after it is refused

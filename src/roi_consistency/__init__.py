@@ -8,7 +8,8 @@ evidence of whether the model relies on the region it highlights.
 The public names are `load` and `Model` (api.py); they are imported on first use, so the command line
 starts without loading torch.
 """
-__version__ = "0.1.0"
+from roi_consistency.version import __version__
+
 __all__ = ["Model", "__version__", "load"]
 
 

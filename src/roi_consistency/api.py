@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from roi_consistency.checkpoint import load_trained
-from roi_consistency.data import gray_resized, load_image
+from roi_consistency.data.images import gray_resized, load_image
 from roi_consistency.errors import UserError
-from roi_consistency.model import Explanation, ROIModel, random_mask_logits, topk_mask
+from roi_consistency.evaluation.calibration import called
+from roi_consistency.model.masks import random_maps, topk_mask
+from roi_consistency.model.network import Explanation, ROIModel
+from roi_consistency.model.trained import load_trained
 from roi_consistency.runtime import pick_device
 
 
@@ -91,19 +93,19 @@ class Model:
         r = self.keep_ratio if keep_ratio is None else keep_ratio
         xn = self.net.normalize(x)
         random_map = self.cfg.method.mode == "random_mask"  # the control: its region is random
-        e = Explanation(random_mask_logits(xn.shape, xn.device), None, None) if random_map else self.net.explain(xn)
-        m = topk_mask(e.logits, r)
+        e = Explanation(random_maps(xn.shape, xn.device), None, None) if random_map else self.net.explain(xn)
+        m = topk_mask(e.maps, r)
         out = self.net.backbone(torch.cat([xn, *self.net.crop_drop(xn, m.to(xn.dtype))])).float()
         p_full, p_crop, p_drop = torch.sigmoid(out).chunk(3)
-        return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "mask_logits": e.logits, "xn": xn,
+        return {"full": p_full, "crop": p_crop, "drop": p_drop, "mask": m, "maps": e.maps, "xn": xn,
                 "explained": e.cls}
 
     def positive(self, probs: dict[str, float]) -> list[str] | None:
         """The findings at or above their threshold (None without thresholds)."""
         if self.thresholds is None:
             return None
-        t = self.thresholds["values"]
-        return [c for c in self.classes if t.get(c) is not None and probs[c] >= t[c]]
+        hits = called(np.array([probs[c] for c in self.classes]), self.classes, self.thresholds)
+        return [c for c, hit in zip(self.classes, hits) if hit]
 
     def predict(self, images, batch_size: int = 16, progress: bool = False) -> list[dict]:
         """Per image {"prob": {finding: p on the full image}, "positive": [findings] or None}."""
@@ -125,7 +127,7 @@ class Model:
         for x in self.batches(images, batch_size, progress):
             cls = torch.full((len(x),), -1 if finding is None else self.classes.index(finding), device=x.device)
             with torch.no_grad():
-                maps.append(self.net.explain(self.net.normalize(x), cls).logits[:, 0].float().cpu().numpy())
+                maps.append(self.net.explain(self.net.normalize(x), cls).maps[:, 0].float().cpu().numpy())
         return np.concatenate(maps)
 
     def crop_drop(self, images, keep_ratio: float | None = None, batch_size: int = 16, progress: bool = False) -> dict:
@@ -141,7 +143,7 @@ class Model:
 
 
 def load(path: str | Path, device: str = "auto") -> Model:
-    """A checkpoint written by `roi-consistency train` (or `calibrate`), ready to use on `device` (auto:
-    CUDA when available)."""
+    """A checkpoint written by `roi-consistency train` (or `calibrate`), or a folder written by `export`,
+    ready to use on `device` (auto: CUDA when available)."""
     net, cfg = load_trained(path, pick_device(device))
     return Model(net, cfg)

@@ -8,38 +8,64 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 from tqdm import tqdm
 
-from roi_consistency import __version__
-from roi_consistency.config import GROUP_OF, MODES, PRESETS, THRESHOLD_RULES, TrainConfig, config
 from roi_consistency.errors import UserError
+from roi_consistency.model.config import GROUP_OF, MODES, PRESETS, THRESHOLD_RULES, TrainConfig, config
+from roi_consistency.outputs.screenshot import SECTIONS
+from roi_consistency.version import __version__
 
 HELP = argparse.ArgumentDefaultsHelpFormatter
+TRAIN_EXAMPLE = ("example: roi-consistency train --preset cpu-demo --train-csv runs/demo/csv/nih_roi_train.csv "
+                 "--val-csv runs/demo/csv/nih_roi_val.csv --image-root runs/demo/phantom/images")
+CHECKPOINT_HELP = "a checkpoint written by `roi-consistency train`, or a folder written by `export`"
 
 
 def _download(a: argparse.Namespace) -> None:
-    from roi_consistency.nih import download
+    """fetch NIH ChestX-ray14 from Kaggle
+
+    Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with kagglehub. The cache folder follows
+    $KAGGLEHUB_CACHE. Prints the dataset folder on the last line of stdout.
+    """
+    from roi_consistency.data.nih import download
     print(download(a.dest, copy=a.copy))  # last line of stdout: the dataset folder, for scripts
 
 
 def _unify(a: argparse.Namespace) -> None:
-    from roi_consistency.nih import unify
+    """flatten images_*/images/*.png into one folder
+
+    Symlink every DATA_ROOT/images_*/images/*.png into one flat folder. Safe to run again: existing links are
+    kept, broken ones repaired.
+    """
+    from roi_consistency.data.nih import unify
     s = unify(a.data_root, a.out, progress=not a.quiet)
     print(f"unify: {s.total} images; {s.created} links created, {s.repaired} repaired, "
           f"{s.unchanged} already in place")
 
 
 def _make_csv(a: argparse.Namespace) -> None:
-    from roi_consistency.nih import format_summary, make_csv
+    """write the train/val/test CSVs
+
+    Build nih_roi_{train,val,test}.csv (columns image,labels) from Data_Entry_2017.csv and the official
+    test_list.txt / train_val_list.txt. Validation patients are drawn from train_val by patient, so no patient
+    is in two splits.
+    """
+    from roi_consistency.data.nih import format_summary, make_csv
     summary = make_csv(a.data_root, a.image_root, a.out_dir, a.val_fraction, a.seed, a.skip_missing)
     print(f"wrote nih_roi_train.csv, nih_roi_val.csv, nih_roi_test.csv to {a.out_dir}")
     print(format_summary(summary))
 
 
 def _phantom(a: argparse.Namespace) -> None:
-    from roi_consistency.phantom import make_phantom
+    """generate the built-in phantom dataset
+
+    Write a synthetic chest-film dataset in the exact Kaggle NIH layout (shards, Data_Entry_2017.csv,
+    BBox_List_2017.csv, split lists), with a ground-truth box for every finding on a test image.
+    """
+    from roi_consistency.data.phantom import make_phantom
     s = make_phantom(a.out, n_images=a.n_images, size=a.size, seed=a.seed, workers=a.workers,
                      style=a.style, progress=not a.quiet)
     print(f"phantom: {s['n_images']} images of {a.size}px, {s['n_patients']} patients, "
@@ -125,13 +151,25 @@ def train_config_from_args(a: argparse.Namespace) -> tuple[TrainConfig, set[str]
 
 
 def _train(a: argparse.Namespace) -> None:
-    from roi_consistency.train import fit
+    """train the classifier, then its ROI mask
+
+    Train in two stages on image,labels CSVs: the classifier on full and randomly masked images (--epochs), then
+    the mask network against it, frozen (--mask-epochs). --preset seed trains the reference pipeline instead.
+    Under torchrun it trains with DDP on every rank.
+    """
+    from roi_consistency.training.train import fit
     result = fit(*train_config_from_args(a))
     if result["signal"]:  # stopped by SIGINT or SIGTERM, with a resumable checkpoint: say so to the scheduler
         sys.exit(128 + result["signal"])
 
 
 def _infer(a: argparse.Namespace) -> None:
+    """predict full/crop/drop probabilities, write preds.json
+
+    Score images with a trained checkpoint: probabilities on the full image, the crop (mask kept) and the drop
+    (mask removed), and faithfulness = p_full - p_drop per class. Classes, image size, normalisation, keep ratio
+    and fill come from the checkpoint.
+    """
     from roi_consistency.infer import format_table, infer_csv, infer_image
     if a.image:
         res = infer_image(a.checkpoint, a.image, a.keep_ratio, a.out, a.save_mask, a.save_crop, a.vis_dir, a.device)
@@ -146,8 +184,12 @@ def _infer(a: argparse.Namespace) -> None:
 
 
 def _evaluate(a: argparse.Namespace) -> None:
-    from roi_consistency.evaluate import evaluate_checkpoint
-    from roi_consistency.report import format_summary
+    """metrics.json and report.html against ground truth
+
+    AUROC of full/crop/drop, comprehensiveness and sufficiency over keep ratios, and localisation against boxes
+    (pointing game, IoBB), for the learned map, Grad-CAM and a random map of the same area, on the same model.
+    """
+    from roi_consistency.evaluation.evaluate import evaluate_checkpoint, format_summary
     ratios, road = _ratios("--keep-ratios", a.keep_ratios), _ratios("--road-ratios", a.road_ratios)
     if a.gallery_limit is not None and a.gallery_limit < 0:
         raise UserError(f"--gallery-limit {a.gallery_limit}: give a number of images (0: no gallery)")
@@ -163,7 +205,14 @@ def _evaluate(a: argparse.Namespace) -> None:
 
 
 def _calibrate(a: argparse.Namespace) -> None:
-    from roi_consistency.calibrate import calibrate_checkpoint, format_thresholds
+    """choose per-class operating points on a labelled CSV
+
+    Choose, per finding, the probability at or above which `infer` calls it positive (preds.json's `positive`),
+    on a labelled CSV, and store the thresholds in the checkpoint. `train` already does this on its validation
+    set at every epoch; this is for a checkpoint without them, or another rule. Use the validation CSV, never
+    the test CSV.
+    """
+    from roi_consistency.evaluation.calibrate import calibrate_checkpoint, format_thresholds
     record = calibrate_checkpoint(a.checkpoint, a.csv, a.image_root, a.rule, a.out, a.batch_size, a.device, a.workers,
                                   cache=a.cache, skip_bad=a.skip_bad_images)
     print(format_thresholds(record))
@@ -171,7 +220,12 @@ def _calibrate(a: argparse.Namespace) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from roi_consistency.export import export_model
+    """write a shareable model folder (safetensors, no pickle)
+
+    Write OUT/model.safetensors (the weights and the fill), OUT/config.json and OUT/MODEL_CARD.md;
+    roi_consistency.load(OUT) and every --checkpoint read it back.
+    """
+    from roi_consistency.outputs.export import export_model
     folder = export_model(a.checkpoint, a.out, a.metrics)
     print(f"export: model.safetensors, config.json, MODEL_CARD.md -> {folder} (load with roi_consistency.load)")
 
@@ -196,40 +250,49 @@ def _ratios(flag: str, text: str) -> list[float]:
 
 
 def _cache(a: argparse.Namespace) -> None:
-    from roi_consistency.cache import build_cache
+    """decode images once into a memory-mapped array
+
+    Decode every image named in the CSVs once (one channel, antialiased resize to --size) into a uint8 memory-
+    mapped array that train/infer/evaluate read with --cache. Resumable; an unfinished cache is never used.
+    """
+    from roi_consistency.data.cache import build_cache
     index = build_cache(a.csv, a.image_root, a.size, a.out, a.workers, progress=not a.quiet)
     print(f"cache: {len(index['names'])} images at {a.size}px -> {a.out}")
 
 
 def _screenshot(a: argparse.Namespace) -> None:
-    from roi_consistency.report import screenshot
+    """render report.html to a PNG (headless Chromium)
+
+    Take a PNG screenshot of a report with headless Chromium (Debian package `chromium`), e.g. for a README or a
+    slide.
+    """
+    from roi_consistency.outputs.screenshot import screenshot
     print(screenshot(a.html, a.out, a.width, a.height, a.section))
 
 
+def _command(sub, name: str, func, formatter_class=HELP, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that runs func: its one-line help is the first line of func's docstring, its description
+    the rest."""
+    summary, _, rest = inspect.cleandoc(func.__doc__).partition("\n\n")
+    p = sub.add_parser(name, help=summary, description=" ".join(rest.split()), epilog=epilog,
+                       **({"formatter_class": formatter_class} if formatter_class else {}))
+    p.set_defaults(func=func)
+    return p
+
+
 def _add_data_commands(sub) -> None:
-    d = sub.add_parser("download", formatter_class=HELP, help="fetch NIH ChestX-ray14 from Kaggle",
-                       description="Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with kagglehub. The "
-                                   "cache folder follows $KAGGLEHUB_CACHE. Prints the dataset folder on the last "
-                                   "line of stdout.")
+    d = _command(sub, "download", _download)
     d.add_argument("--dest", help="also make the dataset available at this path (a symlink to the "
                                   "kagglehub cache, or a copy with --copy)")
     d.add_argument("--copy", action="store_true", help="with --dest: copy the files instead of linking")
-    d.set_defaults(func=_download)
 
-    u = sub.add_parser("unify", formatter_class=HELP, help="flatten images_*/images/*.png into one folder",
-                       description="Symlink every DATA_ROOT/images_*/images/*.png into one flat folder. "
-                                   "Safe to run again: existing links are kept, broken ones repaired.")
+    u = _command(sub, "unify", _unify)
     u.add_argument("--data-root", "--data_root", required=True,
                    help="the NIH folder holding images_001/ … and Data_Entry_2017.csv")
     u.add_argument("--out", help="flat image folder to create (default: DATA_ROOT/images)")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
-    u.set_defaults(func=_unify)
 
-    m = sub.add_parser("make-csv", formatter_class=HELP, help="write the train/val/test CSVs",
-                       description="Build nih_roi_{train,val,test}.csv (columns image,labels) from "
-                                   "Data_Entry_2017.csv and the official test_list.txt / train_val_list.txt. "
-                                   "Validation patients are drawn from train_val by patient, so no patient is "
-                                   "in two splits.")
+    m = _command(sub, "make-csv", _make_csv)
     m.add_argument("--data-root", "--data_root", required=True,
                    help="folder with Data_Entry_2017.csv, train_val_list.txt and test_list.txt")
     m.add_argument("--image-root", "--image_root",
@@ -240,14 +303,10 @@ def _add_data_commands(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of the patient-wise validation split")
     m.add_argument("--skip-missing", action="store_true",
                    help="leave out rows whose image is missing (with a warning) instead of failing")
-    m.set_defaults(func=_make_csv)
 
 
 def _add_phantom_and_cache(sub) -> None:
-    ph = sub.add_parser("phantom", formatter_class=HELP, help="generate the built-in phantom dataset",
-                        description="Write a synthetic chest-film dataset in the exact Kaggle NIH layout "
-                                    "(shards, Data_Entry_2017.csv, BBox_List_2017.csv, split lists), "
-                                    "with a ground-truth box for every finding on a test image.")
+    ph = _command(sub, "phantom", _phantom)
     ph.add_argument("--out", required=True, help="folder to write (becomes a --data-root)")
     ph.add_argument("--n-images", "--n_images", type=int, default=2000, help="number of images")
     ph.add_argument("--size", type=int, default=256, help="image side in pixels (1024 = NIH size)")
@@ -256,23 +315,18 @@ def _add_phantom_and_cache(sub) -> None:
                     help="lesion appearance family; 'alt' is a second phantom with other lesion shapes")
     ph.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
-    ph.set_defaults(func=_phantom)
 
-    c = sub.add_parser("cache", formatter_class=HELP, help="decode images once into a memory-mapped array",
-                       description="Decode every image named in the CSVs once (one channel, antialiased resize "
-                                   "to --size) into a uint8 memory-mapped array that train/infer/evaluate read "
-                                   "with --cache. Resumable; an unfinished cache is never used.")
+    c = _command(sub, "cache", _cache)
     c.add_argument("--csv", action="append", required=True, help="a CSV with an image column (repeatable)")
     c.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
     c.add_argument("--size", type=int, default=256, help="side of the stored images (>= the model's --img-size)")
     c.add_argument("--out", required=True, help="cache folder to create or finish")
     c.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=_cache)
 
 
 def _add_scoring_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out (and list in the JSON) images the pre-flight check finds missing or broken")
     p.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
@@ -282,11 +336,7 @@ def _add_scoring_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_infer(sub) -> None:
-    i = sub.add_parser("infer", formatter_class=HELP, help="predict full/crop/drop probabilities, write preds.json",
-                       description="Score images with a trained checkpoint: probabilities on the full image, the "
-                                   "crop (mask kept) and the drop (mask removed), and faithfulness = p_full - "
-                                   "p_drop per class. Classes, image size, normalisation, keep ratio and fill come "
-                                   "from the checkpoint.")
+    i = _command(sub, "infer", _infer)
     _add_scoring_common(i)
     src = i.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV with an image column (and labels, if known)")
@@ -301,18 +351,14 @@ def _add_infer(sub) -> None:
     i.add_argument("--vis-limit", type=int, default=16, help="how many images get overlays")
     i.add_argument("--save-mask", help="with --image: write the binary mask PNG here")
     i.add_argument("--save-crop", help="with --image: write the crop (what the model sees) here")
-    i.set_defaults(func=_infer)
 
 
 def _add_evaluate(sub) -> None:
-    e = sub.add_parser("evaluate", formatter_class=HELP, help="metrics.json and report.html against ground truth",
-                       description="AUROC of full/crop/drop, comprehensiveness and sufficiency over keep ratios, "
-                                   "and localisation against boxes (pointing game, IoBB), for the learned map, "
-                                   "Grad-CAM and a random map of the same area, on the same model.")
+    e = _command(sub, "evaluate", _evaluate)
     _add_scoring_common(e)
     e.add_argument("--csv", required=True, help="test CSV (image,labels)")
     e.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
-    e.add_argument("--bbox", default=None, help="BBox_List_2017.csv for localisation (omit: localization null)")
+    e.add_argument("--bbox", default=None, help="BBox_List_2017.csv for localisation (omit: localisation null)")
     e.add_argument("--out-dir", default="eval", help="where metrics.json and report.html go")
     e.add_argument("--keep-ratios", default="0.01,0.05,0.1,0.2,0.5",
                    help="keep ratios for comprehensiveness/sufficiency (the checkpoint's is always added)")
@@ -331,50 +377,33 @@ def _add_evaluate(sub) -> None:
                    help="gallery.html shows the first N test images (default: all; 0: no gallery)")
     e.add_argument("--examples", type=int, default=8, help="example images in the report")
     e.add_argument("--seed", type=int, default=0, help="seed of the random-map control")
-    e.set_defaults(func=_evaluate)
 
 
 def _add_calibrate(sub) -> None:
-    c = sub.add_parser("calibrate", formatter_class=HELP, help="choose per-class operating points on a labelled CSV",
-                       description="Choose, per finding, the probability at or above which `infer` calls it positive "
-                                   "(preds.json's `positive`), on a labelled CSV, and store the thresholds in the "
-                                   "checkpoint. `train` already does this on its validation set at every epoch; this "
-                                   "is for a checkpoint without them, or another rule. Use the validation CSV, never "
-                                   "the test CSV.")
+    c = _command(sub, "calibrate", _calibrate)
     _add_scoring_common(c)
     c.add_argument("--csv", required=True, help="labelled CSV to choose on: the validation CSV")
     c.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
     c.add_argument("--rule", choices=THRESHOLD_RULES, default="youden",
                    help="youden: the ROC point of largest sensitivity + specificity - 1; f1: the point of best F1")
     c.add_argument("--out", default=None, help="write a calibrated copy here instead of updating --checkpoint")
-    c.set_defaults(func=_calibrate)
 
 
 def _add_export(sub) -> None:
-    x = sub.add_parser("export", formatter_class=HELP, help="write a shareable model folder (safetensors, no pickle)",
-                       description="Write OUT/model.safetensors (the weights and the fill image), OUT/config.json "
-                                   "(classes, image size, normalisation, keep ratio, fill, thresholds, the training "
-                                   "config, the package version, the weights' checksum) and OUT/MODEL_CARD.md (the "
-                                   "training data, the method, the evaluation, intended use and limits). "
-                                   "roi_consistency.load(OUT) and every --checkpoint read the folder back.")
-    x.add_argument("--checkpoint", required=True, help="a checkpoint written by `roi-consistency train`")
+    x = _command(sub, "export", _export)
+    x.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     x.add_argument("--out", required=True, help="folder to write")
     x.add_argument("--metrics", default=None, help="an evaluation's metrics.json, for the model card's figures")
-    x.set_defaults(func=_export)
 
 
 def _add_screenshot(sub) -> None:
-    sc = sub.add_parser("screenshot", formatter_class=HELP, help="render report.html to a PNG (headless Chromium)",
-                        description="Take a PNG screenshot of a report with headless Chromium (Debian package "
-                                    "`chromium`), e.g. for a README or a slide.")
+    sc = _command(sub, "screenshot", _screenshot)
     sc.add_argument("html", help="the report.html to render")
     sc.add_argument("out", help="PNG file to write")
     sc.add_argument("--width", type=int, default=1280, help="viewport width in pixels")
     sc.add_argument("--height", type=int, default=3000, help="viewport height in pixels (the image's height)")
-    sc.add_argument("--section", choices=("headline", "auroc", "faithfulness", "localisation", "leakage",
-                                                "sanity", "calibration", "examples"),
+    sc.add_argument("--section", choices=SECTIONS,
                     help="start the view at this section of the report (default: the top)")
-    sc.set_defaults(func=_screenshot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,16 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data_commands(sub)
     _add_phantom_and_cache(sub)
-    t = sub.add_parser("train", help="train the classifier, then its ROI mask",
-                       description="Train in two stages on image,labels CSVs: the classifier on full and randomly "
-                                   "masked images (--epochs), then the mask network against it, frozen "
-                                   "(--mask-epochs). --preset seed trains the reference pipeline instead. Under "
-                                   "torchrun it trains with DDP on every rank.",
-                       epilog="example: roi-consistency train --preset cpu-demo --train-csv "
-                              "runs/demo/csv/nih_roi_train.csv --val-csv runs/demo/csv/nih_roi_val.csv "
-                              "--image-root runs/demo/phantom/images")
+    t = _command(sub, "train", _train, formatter_class=None, epilog=TRAIN_EXAMPLE)
     _add_train_args(t)
-    t.set_defaults(func=_train)
     _add_infer(sub)
     _add_evaluate(sub)
     _add_calibrate(sub)

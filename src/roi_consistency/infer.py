@@ -1,5 +1,6 @@
-"""Inference: probabilities on the full image, the crop (mask kept) and the drop (mask removed), per
-image and class, into preds.json; mask overlays, crops and drops as PNGs into --vis-dir.
+"""The `infer` command: probabilities on the full image, the crop (only the mask kept) and the drop (the
+mask removed), per image and class, into preds.json; overlays, crops and drops as PNGs into --vis-dir.
+It scores through the Python API's `Model.score`, so both give the same numbers.
 
     roi-consistency infer --checkpoint checkpoints/nih_roi_consistency.pt --csv nih_roi_test.csv \
         --image-root images --out preds.json --vis-dir roi_vis
@@ -18,34 +19,22 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from roi_consistency.api import load
-from roi_consistency.atomic import write_json, write_png
-from roi_consistency.cache import ImageCache
-from roi_consistency.calibrate import called
-from roi_consistency.config import FILLS
-from roi_consistency.data import ImageCSVDataset, good_rows
+from roi_consistency.data.dataset import ImageCSVDataset, good_rows
+from roi_consistency.data.images import ImageCache
+from roi_consistency.data.preflight import image_problem
 from roi_consistency.errors import UserError
-from roi_consistency.model import ROIModel
-from roi_consistency.preflight import image_problem
-
-
-def overlay(gray: np.ndarray, heat: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """RGB uint8: the image with `heat` (any range) as a jet overlay and `region`'s outline in green."""
-    from matplotlib import colormaps
-    h = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-12)
-    rgb = 0.55 * np.repeat(gray[..., None], 3, axis=2) + 0.45 * colormaps["jet"](h)[..., :3]
-    r = region.astype(bool)
-    inner = r.copy()
-    inner[1:-1, 1:-1] = r[1:-1, 1:-1] & r[:-2, 1:-1] & r[2:, 1:-1] & r[1:-1, :-2] & r[1:-1, 2:]
-    rgb[r & ~inner] = (0.0, 1.0, 0.0)
-    return (rgb.clip(0, 1) * 255).astype(np.uint8)
+from roi_consistency.evaluation.calibration import called
+from roi_consistency.files.atomic import write_json, write_png
+from roi_consistency.model.config import FILLS
+from roi_consistency.model.network import ROIModel
+from roi_consistency.outputs.overlay import overlay
 
 
 def write_vis(vis_dir: str | Path, name: str, model: ROIModel, s: dict, i: int) -> None:
     stem = Path(name).stem
     xn, m = s["xn"][i], s["mask"][i, 0].cpu().numpy()
     gray = model.to_gray(xn).cpu().numpy()
-    write_png(Path(vis_dir) / f"{stem}_overlay.png", overlay(gray, s["mask_logits"][i, 0].float().cpu().numpy(),
-                                                            m > 0.5))
+    write_png(Path(vis_dir) / f"{stem}_overlay.png", overlay(gray, s["maps"][i, 0].float().cpu().numpy(), m > 0.5))
     crop, drop = model.crop_drop(xn[None], s["mask"][i][None])
     write_png(Path(vis_dir) / f"{stem}_crop.png", model.to_gray(crop[0]).cpu().numpy())
     write_png(Path(vis_dir) / f"{stem}_drop.png", model.to_gray(drop[0]).cpu().numpy())

@@ -76,7 +76,7 @@ def environment(device: torch.device, processes: int = 1) -> dict:
             "threads": torch.get_num_threads(), "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def describe(env: dict | None) -> str:
+def environment_line(env: dict | None) -> str:
     """One line for a report or a model card: "AMD EPYC with AVX2, AVX-512 (2 threads, torch 2.14.1)"."""
     if not env:
         return "(not recorded)"

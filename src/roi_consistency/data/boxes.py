@@ -1,0 +1,57 @@
+"""Ground-truth boxes (BBox_List_2017.csv's layout): read, and scaled to the model's input pixels."""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image
+
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.labels import LabelError, canonical
+from roi_consistency.errors import UserError
+
+Box = tuple[str, float, float, float, float]  # finding, x, y, w, h
+
+
+def read_boxes(path: str | Path) -> dict[str, list[Box]]:
+    """BBox_List_2017.csv -> {image: [(finding, x, y, w, h)]} in the PNG's own pixels. Only the first
+    six fields of a row are read (the header has three empty trailing names)."""
+    boxes = defaultdict(list)
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        next(rows, None)
+        for line_no, row in enumerate(rows, start=2):
+            if not row or not row[0].strip():
+                continue
+            try:
+                boxes[row[0].strip()].append((canonical(row[1]), *map(float, row[2:6])))
+            except (LabelError, ValueError, IndexError) as exc:
+                raise UserError(f"{path} line {line_no}: {exc}") from None
+    return dict(boxes)
+
+
+def scale_box(box, src_size: tuple[int, int], dst: int):
+    """Scale (x, y, w, h) from the PNG's pixel size (w, h) to the model's dst x dst input."""
+    sx, sy = dst / src_size[0], dst / src_size[1]
+    x, y, w, h = box
+    return (x * sx, y * sy, w * sx, h * sy)
+
+
+def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size: int) -> dict[str, list[Box]]:
+    """{image: [(finding, x, y, w, h) in model-input pixels]} for the dataset's images with boxes. Boxes are
+    in each file's own pixels: its size comes from the cache's index where there is one, else the PNG header."""
+    if not bbox:
+        return {}
+    wanted = set(ds.names)
+    out = {}
+    for name, bxs in read_boxes(bbox).items():
+        bxs = [b for b in bxs if b[0] in classes]
+        if name not in wanted or not bxs:
+            continue
+        src = ds.cache.source_size(name) if ds.cache is not None else None
+        if src is None:
+            with Image.open(ds.root / name) as im:
+                src = im.size
+        out[name] = [(b[0], *scale_box(b[1:], src, size)) for b in bxs]
+    return out

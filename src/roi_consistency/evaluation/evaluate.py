@@ -1,0 +1,138 @@
+"""The `evaluate` command: does the model rely on the region its map highlights? Every explainer (the
+learned map, Grad-CAM and the random control, on the same model) is scored on a labelled test CSV by
+the passes (passes.py), against the boxes where given, optionally with the randomisation check
+(sanity.py); metrics.json (summary.py, schema.py), report.html and gallery.html (outputs/) follow.
+
+The true box itself, removed or kept alone, is the box control: if removing it does not lower p, no map
+can be faithful and inside the box for that finding.
+
+    roi-consistency evaluate --checkpoint ck.pt --csv nih_roi_test.csv --image-root images \
+        --bbox BBox_List_2017.csv --out-dir eval
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from roi_consistency.data.boxes import model_boxes
+from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.images import ImageCache
+from roi_consistency.errors import UserError
+from roi_consistency.evaluation import metrics as M
+from roi_consistency.evaluation.curves import sample_rows
+from roi_consistency.evaluation.explainers import Pairs, default_explainers
+from roi_consistency.evaluation.passes import EvalOptions, evaluate_model
+from roi_consistency.evaluation.sanity import sanity_check
+from roi_consistency.evaluation.schema import Metrics, judged_at, maps_of, ratio_key
+from roi_consistency.evaluation.summary import summarize
+from roi_consistency.files.atomic import write_json
+from roi_consistency.model.network import ROIModel
+from roi_consistency.model.trained import load_trained
+from roi_consistency.outputs.gallery import Gallery
+from roi_consistency.outputs.report import write_report
+from roi_consistency.runtime import environment, pick_device
+
+
+def sanity_pairs(ds: ImageCSVDataset, rows: np.ndarray, boxes: dict, model: ROIModel, device) -> Pairs | None:
+    """One (image, finding) pair per image of `rows`: its first true finding, else its first boxed one
+    (None when there is none to draw: no finding in the test set, or every such image bad)."""
+    xs, cls = [], []
+    for i in rows.tolist():
+        x, y, idx = ds[i]
+        if idx < 0:  # bad, skipped
+            continue
+        found = np.flatnonzero(y.numpy() > 0.5)
+        cls.append(int(found[0]) if len(found) else ds.classes.index(boxes[ds.names[i]][0][0]))
+        xs.append(x)
+    if not xs:
+        return None
+    return Pairs(model.normalize(torch.stack(xs).to(device)), torch.tensor(cls, device=device), [[] for _ in cls])
+
+
+def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: str | None = None,
+                        out_dir: str = "eval", **options) -> Metrics:
+    """Score a checkpoint on a test CSV with every explainer; write metrics.json and report.html into
+    out_dir and return the metrics. options: the fields of EvalOptions."""
+    opt = EvalOptions(**options)
+    dev = pick_device(opt.device)
+    model, cfg = load_trained(checkpoint, dev)
+    classes, size, r0 = cfg.data.classes, cfg.model.img_size, cfg.method.keep_ratio
+    ds = ImageCSVDataset(csv_path, image_root, size, classes, cache=ImageCache(opt.cache, size) if opt.cache else None)
+    if not ds.has_labels:
+        raise UserError(f"{csv_path}: evaluation needs a labels column")
+    skipped = ds.drop_bad(opt.skip_bad_images, opt.progress)
+    boxes = model_boxes(ds, bbox, classes, size)
+    ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
+    out = Path(out_dir)
+    gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, default_explainers(model, cfg, opt.seed),
+                      opt.gallery_limit) if opt.gallery else None
+    t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev, gallery)
+    sanity = None
+    if opt.sanity:
+        pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
+                             model, dev)
+        sanity = sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
+    rows = t.drop_unscored()
+    y = ds.labels[rows]
+    summary = summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path, opt.curve_images)
+    result: Metrics = {**summary, "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None,
+                       "environment": {"trained": model.trained_on, "evaluated": environment(dev)}}
+    if gallery is not None:
+        result["gallery"] = gallery.finish()
+    write_json(out / "metrics.json", result)
+    write_report(out / "report.html", result, M.roc_curves(y, t.p_full, classes, result["auroc"]["full"]), t.examples)
+    return result
+
+
+def format_summary(m: Metrics) -> str:
+    """The evaluation's headline figures as the few lines `evaluate` prints."""
+    r, f, loc = ratio_key(m["keep_ratio"]), m["faithfulness"], m["localisation"]
+
+    def fmt(v, spec: str = ".4f") -> str:
+        return "n/a" if v is None else format(v, spec)
+    ci = (m.get("uncertainty") or {}).get("mean_auroc_full")
+    lines = [f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}"
+             + (f" [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")]
+    for k in maps_of(m):
+        line = (f"  {k:8s} comprehensiveness@{r} {fmt(f[k]['comprehensiveness'][r], '+.4f')}  "
+                f"sufficiency@{r} {fmt(f[k]['sufficiency'][r], '+.4f')}  kept {fmt(m['kept_fraction'][k])}")
+        if m.get("road"):
+            line += f"  ROAD MoRF {fmt(m['road'][k]['morf'][r], '+.4f')} LeRF {fmt(m['road'][k]['lerf'][r], '+.4f')}"
+        lines.append(line + (f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}" if loc else ""))
+    if loc and m.get("box_control"):
+        lines.append("  per finding: pointing learned / gradcam; p_full -> p with the true box removed")
+        for c, bc in m["box_control"].items():
+            pc = {k: loc[k]["pointing_by_class"].get(c) for k in ("learned", "gradcam")}
+            lines.append(f"    {c:20s} {fmt(pc['learned'], '.2f')} / {fmt(pc['gradcam'], '.2f')}   "
+                         f"{bc['p_full']:.2f} -> {bc['p_drop_box']:.2f}  ({bc['n']} boxes)")
+    leak, boxed = m.get("leakage") or {}, m.get("leakage_boxed") or {}
+    if leak:
+        lines.append("  labels predicted from the mask alone (leakage, ~0.5 is good): "
+                     + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in leak.items() if v["mean_auroc"] is not None))
+    if boxed:
+        lines.append(f"  the same on the {boxed['n_images']} boxed images, against the true boxes as the reference: "
+                     + ", ".join(f"{k} {v['mean_auroc']:.3f}" for k, v in boxed.items()
+                                 if isinstance(v, dict) and v["mean_auroc"] is not None))
+    cv = m.get("curves")
+    if cv and cv.get("n_pairs"):
+        lines.append(f"  deletion / insertion AUC, fill | ROAD ({cv['n_pairs']} pairs on {cv['n_images']} images): "
+                     + ", ".join(f"{k} {cv['fill'][k]['deletion']['auc']:.3f}/{cv['fill'][k]['insertion']['auc']:.3f}"
+                                 f" | {cv['road'][k]['deletion']['auc']:.3f}/{cv['road'][k]['insertion']['auc']:.3f}"
+                                 for k in cv["fill"]))
+    san = m.get("sanity")
+    if san:
+        j = judged_at(san)
+        lines.append(f"  randomisation check ({san['n_pairs']} pairs, {' + '.join(san['stages'][:j])} randomised): "
+                     + ", ".join(f"{k} median rho {v['median'][j - 1]:+.2f} {'pass' if v['pass'] else 'FAIL'}"
+                                 f" ({v['median'][-1]:+.2f} with all {len(san['stages'])} stages random)"
+                                 for k, v in san["maps"].items()))
+    cal = m.get("calibration")
+    if cal:
+        ops = [v for v in cal["per_class"].values() if v.get("sensitivity") is not None]
+        sens, spec = (np.mean([v[k] for v in ops]) if ops else 0.0 for k in ("sensitivity", "specificity"))
+        at = (f"; at the {cal['thresholds']['rule']} thresholds, mean sensitivity {sens:.3f}, specificity {spec:.3f}"
+              if ops else "; no thresholds in the checkpoint (roi-consistency calibrate)")
+        lines.append(f"  calibration: mean ECE {cal['mean_ece']:.4f} ({cal['bins']} bins){at}")
+    return "\n".join(lines)

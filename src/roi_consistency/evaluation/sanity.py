@@ -1,0 +1,118 @@
+"""The randomisation check (Adebayo et al. 2018, "Sanity checks for saliency maps"): does a map depend on
+the model? A map that survives the model's weights being replaced by random ones explains the image,
+not the model; Arun et al. (2021) found most saliency methods on chest films fail it.
+
+    roi-consistency evaluate ... --sanity
+
+The classifier's stages are re-initialised top-down, cumulatively (the head, then the last stage too,
+then the one below, ...), and after each step every map is drawn again on the same (image, finding)
+pairs. Each map's Spearman rank correlation with its original, per pair over pixels, should fall
+towards 0: the map passes when the median is below PASS_BELOW once the top JUDGED stages are random.
+The cascade goes on to the stem, so the steps after the verdict show how far down a map's dependence
+on the trained weights reaches (a map can fail at the top and fall to 0 only when the low stages are
+random too; EXPERIMENTS.md round 9). The median of |rho| is reported beside it: two unrelated maps of
+the same film share some of its anatomy, either way round, so |rho| has a floor above 0 that the
+signed median does not. Ties get their average rank, so Grad-CAM's zero plateaus count as one rank;
+a map that turns constant correlates with nothing and counts 0.
+
+The learned map is the mask head reading the classifier's features and its gradient. What is
+randomised under it is the classifier; the head keeps its trained weights. That is the question the
+check asks: is the learned map the classifier's evidence, or a pattern the head draws whatever the
+classifier computes? (A head re-initialised too would fail nothing but itself.) The edge map (image
+gradients, no model at all) is the control that must fail.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from roi_consistency.evaluation.explainers import Edges, GradCAM, Learned, Pairs
+
+PASS_BELOW = 0.2  # the median Spearman correlation a map must fall below once the top stages are random
+JUDGED = 3  # ... that is, once this many stages, top-down, are random
+
+
+def cascade_stages(backbone: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The classifier's stages with parameters, top (the head) first; a `features` sequence counts as its
+    own stages (ConvNeXt, DenseNet, EfficientNet), ResNet's layers as theirs."""
+    stages = []
+    for name, child in backbone.named_children():
+        parts = child.named_children() if name == "features" else [(None, child)]
+        for sub, module in parts:
+            if any(True for _ in module.parameters()):
+                stages.append((name if sub is None else f"{name}.{sub}", module))
+    return stages[::-1]
+
+
+@torch.no_grad()
+def randomise(module: torch.nn.Module, seed: int) -> None:
+    """Re-initialise every layer of the module with PyTorch's default initialisation (`reset_parameters`,
+    running statistics included), seeded, without touching the caller's random state. A parameter with
+    no reset of its own (ConvNeXt's layer scale) keeps its trained value, so a random block still adds
+    its output at the trained scale instead of vanishing."""
+    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Per pair, the rank correlation of two maps [P,1,H,W] over pixels (0 where either is constant)."""
+    ra = rankdata(a.flatten(1).float().cpu().numpy(), axis=1)
+    rb = rankdata(b.flatten(1).float().cpu().numpy(), axis=1)
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(1) / den, 0.0)
+
+
+def explainers_of(model, mode: str) -> list:
+    """The maps the check redraws: the learned one (not for the random-mask control), Grad-CAM, and the
+    model-free edge control."""
+    return ([] if mode == "random_mask" else [Learned(model)]) + [GradCAM(model), Edges(model)]
+
+
+def _median_ci(v: np.ndarray, rng: np.random.Generator, n: int = 1000) -> list[float]:
+    boot = np.median(v[rng.integers(0, len(v), (n, len(v)))], axis=1)
+    return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+
+
+def draw(explainer, pairs: Pairs, chunk: int) -> torch.Tensor:
+    """The explainer's maps of every pair, `chunk` pairs at a time (Grad-CAM and the learned map backpropagate)."""
+    return torch.cat([explainer(Pairs(pairs.xn[s:s + chunk], pairs.cls[s:s + chunk], pairs.boxes[s:s + chunk]))
+                      .detach().cpu() for s in range(0, len(pairs), chunk)])
+
+
+def sanity_check(model, mode: str, pairs: Pairs, steps: int | None = None, seed: int = 0, chunk: int = 16) -> dict:
+    """metrics.json's sanity: the stages randomised (the first `steps`, None: all), and per map at each step
+    the median correlation (with its 95 % bootstrap interval over pairs), the median of its absolute value,
+    the quartiles and the share of constant maps; and pass or fail once JUDGED stages are random (`judged_at`)."""
+    copy_ = copy.deepcopy(model).eval()
+    stages = cascade_stages(copy_.backbone)[:steps]
+    judged = min(JUDGED, len(stages))
+    original = {e.name: draw(e, pairs, chunk) for e in explainers_of(copy_, mode)}
+    rho = {k: [] for k in original}
+    constant = {k: [] for k in original}
+    for i, (_, module) in enumerate(stages):
+        randomise(module, seed + i)
+        for e in explainers_of(copy_, mode):
+            m = draw(e, pairs, chunk)
+            rho[e.name].append(spearman(original[e.name], m))
+            constant[e.name].append(float((m.flatten(1).std(1) == 0).float().mean()))
+    rng = np.random.default_rng(seed)
+    maps = {}
+    for k, per_step in rho.items():
+        med = [float(np.median(v)) for v in per_step]
+        absolute = [float(np.median(np.abs(v))) for v in per_step]
+        maps[k] = {"median": med, "median_ci95": [_median_ci(v, rng) for v in per_step], "median_abs": absolute,
+                   "quartiles": [[float(q) for q in np.percentile(v, [25, 75])] for v in per_step],
+                   "constant_share": constant[k], "pass": bool(med and med[judged - 1] < PASS_BELOW)}
+    return {"stages": [n for n, _ in stages], "judged_at": judged, "n_pairs": len(pairs),
+            "pass_below": PASS_BELOW, "maps": maps,
+            "randomised": "the classifier's stages, top-down and cumulatively; the learned map's mask head keeps "
+                          "its trained weights (it reads the classifier's features and gradient)"}
