@@ -16,17 +16,17 @@ import time
 from roi_consistency.evaluation.evaluate import evaluate_checkpoint
 
 # (label, file suffix, function) of the passes reported, in the order evaluate runs them
-PASSES = [("the passes over the test set, in all", "evaluate.py", "evaluate_model"),
-          ("  image pass (every map at the model's ratio)", "evaluate.py", "image_pass"),
-          ("  fill removal, every pass", "evaluate.py", "removal"),
-          ("  ROAD removal (the pair pass)", "evaluate.py", "road_removal"),
-          ("  deletion/insertion curves", "evaluate.py", "curve_pass"),
-          ("  localisation", "evaluate.py", "localisation_pass"),
-          ("randomisation check (--sanity)", "sanity.py", "sanity_check"),
-          ("  gallery.html cards", "gallery.py", "add"),
-          ("gallery.html page", "gallery.py", "finish"),
-          ("metrics and bootstrap", "evaluate.py", "summarize"),
-          ("report.html", "report.py", "write_report")]
+PASSES = [("the passes over the test set, in all", "evaluation/passes.py", "evaluate_model"),
+          ("  image pass (every map at the model's ratio)", "evaluation/passes.py", "image_pass"),
+          ("  crop and drop with the fill, every pass", "evaluation/passes.py", "crop_drop"),
+          ("  crop and drop with ROAD (the pair pass)", "evaluation/passes.py", "road_crop_drop"),
+          ("  deletion/insertion curves", "evaluation/passes.py", "curve_pass"),
+          ("  localisation", "evaluation/passes.py", "localisation_pass"),
+          ("randomisation check (--sanity)", "evaluation/sanity.py", "sanity_check"),
+          ("  gallery.html cards", "outputs/gallery.py", "add"),
+          ("gallery.html page", "outputs/gallery.py", "finish"),
+          ("metrics and bootstrap", "evaluation/summary.py", "summarize"),
+          ("report.html", "outputs/report.py", "write_report")]
 
 
 def main() -> None:
@@ -49,7 +49,10 @@ def main() -> None:
     print(f"evaluate under cProfile: {wall:.1f} s (curve images {a.curve_images}, ROAD ratios {a.road_ratios}, "
           f"sanity {not a.no_sanity})")
     for label, suffix, name in PASSES:
-        ct = max((v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name), default=0.0)
+        found = [v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name]
+        if not found and not (name == "sanity_check" and a.no_sanity):
+            raise SystemExit(f"eval_profile: no function {name} in {suffix}: update PASSES to the code")
+        ct = max(found, default=0.0)
         print(f"  {label:56s} {ct:7.1f} s  {ct / wall:6.1%}")
 
 

@@ -34,6 +34,6 @@ SMI=$!
 trap 'kill $SMI 2>/dev/null || true' EXIT
 $PY -m roi_consistency train --backbone convnext_base --no-pretrained --img-size 224 --batch-size 64 \
   --accum-steps 1 --epochs 1 --mask-epochs 1 --workers 12 --cache "$OUT/cache" --train-csv "$OUT/csv/nih_roi_train.csv" \
-  --val-csv "$OUT/csv/nih_roi_val.csv" --image-root "$OUT/ph/images" --save "$OUT/ck.pt" --log-every 5
+  --val-csv "$OUT/csv/nih_roi_val.csv" --image-root "$OUT/ph/images" --save "$OUT/ck.pt"
 kill $SMI 2>/dev/null || true
 awk '{s+=$1; n++} END {printf "GPU busy share during training: %.0f%% (%d samples)\n", s/n, n}' "$OUT/util.txt"

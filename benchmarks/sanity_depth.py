@@ -13,8 +13,7 @@ from roi_consistency.data.boxes import model_boxes
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import ImageCache
 from roi_consistency.evaluation.curves import sample_rows
-from roi_consistency.evaluation.evaluate import sanity_pairs
-from roi_consistency.evaluation.sanity import sanity_check
+from roi_consistency.evaluation.sanity import sanity_check, sanity_pairs
 from roi_consistency.model.trained import load_trained
 
 

@@ -12,7 +12,9 @@ import statistics
 import sys
 from pathlib import Path
 
-R = "0.1"
+from roi_consistency.evaluation.schema import ratio_key, upgraded
+
+R = ratio_key(0.1)
 
 
 def figures(d: dict) -> dict:
@@ -34,7 +36,8 @@ def main(argv: list[str]) -> None:
     groups = {}
     for arg in argv:
         name, dirs = arg.split("=", 1)
-        groups[name] = [(p, figures(json.loads((Path(p) / "metrics.json").read_text()))) for p in dirs.split(",")]
+        groups[name] = [(p, figures(upgraded(json.loads((Path(p) / "metrics.json").read_text()))))
+                        for p in dirs.split(",")]
     cols = list(next(iter(groups.values()))[0][1])
     print("| run | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")

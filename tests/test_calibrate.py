@@ -9,7 +9,7 @@ import torch
 from roi_consistency import cli
 from roi_consistency.evaluation import metrics as M
 from roi_consistency.evaluation.calibrate import calibrate_checkpoint
-from roi_consistency.evaluation.calibration import called
+from roi_consistency.evaluation.thresholds import called
 from roi_consistency.infer import infer_csv
 
 

@@ -110,6 +110,9 @@ def test_evaluate_writes_metrics_and_report(trained64, phantom64, tmp_path):
     assert eff["sensitivity"] == pytest.approx(called[pos].mean())
     assert eff["specificity"] == pytest.approx((~called[~pos]).mean())
     assert "Hernia" in cal["per_class"] and "sensitivity" not in cal["per_class"]["Hernia"]  # no positives
+    with_pos = [c for c, v in cal["per_class"].items() if v["n_pos"] > 0]  # Hernia's ECE flatters nobody's mean
+    assert cal["mean_ece_over"] == with_pos and "Hernia" not in with_pos
+    assert cal["mean_ece"] == pytest.approx(np.mean([cal["per_class"][c]["ece"] for c in with_pos]))
     assert "id='calibration'" in html and "reliability diagram" in html
     cv = saved["curves"]
     assert cv["curve_images"] == 200 and cv["n_images"] == min(200, cv["images_with_pairs"])
@@ -270,9 +273,18 @@ def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phan
     from roi_consistency import cli
     cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
               str(phantom64["images"]), "--bbox", str(phantom64["data"] / "BBox_List_2017.csv"), "--out-dir",
-              str(tmp_path), "--keep-ratios", "0.1", "--road-ratios", "0.05", "--examples", "1", "--workers", "0"])
+              str(tmp_path), "--keep-ratios", "0.1", "--road-ratios", "0.05", "--examples", "2", "--workers", "0",
+              "--confounders", str(phantom64["data"] / "BBox_List_2017.csv"),  # the lesions' boxes, audited as such
+              "--maps", "gradcam,random,anomaly,attribution,gradcam16", "--curve-images", "8", "--gallery-limit", "8"])
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "metrics.json").read_text())
+    cf = saved["confounders"]
+    assert cf["n_pairs"] == saved["localisation"]["n_boxes"] and cf["left_out_images"] == []
+    maps = ["learned", "gradcam", "random", "anomaly", "attribution", "gradcam16"]  # the learned map first
+    assert saved["maps"] == maps and list(saved["road"]) == maps and list(saved["localisation"]) == ["n_boxes", *maps]
+    assert list(cf["sets"]["all"]["maps"]) == maps and "confounder audit" in out
+    assert sum(cf["sets"][k]["n_pairs"] for k in ("relied", "ignored")) <= cf["n_pairs"]
+    assert "id='confounders'" in (tmp_path / "report.html").read_text()
     assert f"evaluate: {saved['n_images']} images" in out and "gradcam" in out and "pointing" in out
     assert "ROAD MoRF" in out and "95% CI" in out
     assert saved["road_ratios"] == [0.05, 0.1] and set(saved["road"]["learned"]["morf"]) == {"0.05", "0.1"}

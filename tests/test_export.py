@@ -86,7 +86,7 @@ def test_a_folder_with_a_missing_or_mismatched_file_is_refused(trained64, export
         load_trained(bad)
 
 
-def test_every_command_takes_the_folder_as_its_checkpoint(trained64, phantom64, exported, tmp_path, capsys):
+def test_infer_takes_the_folder_as_its_checkpoint(trained64, phantom64, exported, tmp_path, capsys):
     image = sorted(phantom64["images"].iterdir())[0]
     cli.main(["infer", "--checkpoint", str(exported), "--image", str(image)])
     from_folder = capsys.readouterr().out

@@ -16,6 +16,16 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 
+def resolve(path: Path, module: str | None, level: int) -> str:
+    """The absolute name of `from {level dots}{module} import ...` in the file at `path`."""
+    if level == 0:
+        return module or ""
+    package = module_name(path).split(".")
+    package = package if path.name == "__init__.py" else package[:-1]
+    base = package[: len(package) - level + 1]
+    return ".".join(base + ([module] if module else []))
+
+
 def imports(path: Path, top_level_only: bool = False) -> set[str]:
     """The package's modules that a file imports: at the top, or anywhere (inside functions too).
     `from a.b import c` names module a.b.c where that is a module, else a.b."""
@@ -25,10 +35,11 @@ def imports(path: Path, top_level_only: bool = False) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in MODULES}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            base = resolve(path, node.module, node.level)
             for a in node.names:
-                sub = f"{node.module}.{a.name}"
-                out.add(sub if sub in MODULES else node.module)
+                sub = f"{base}.{a.name}"
+                out.add(sub if sub in MODULES else base)
     return out & MODULES.keys()
 
 
@@ -63,9 +74,11 @@ def test_no_import_cycle_anywhere_lazy_imports_included():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
-def test_the_cycle_finder_finds_one():
+def test_the_cycle_finder_finds_one_and_relative_imports_resolve():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    assert resolve(PKG / "data" / "phantom.py", "labels", 1) == "roi_consistency.data.labels"
+    assert resolve(PKG / "data" / "__init__.py", None, 2) == "roi_consistency"
 
 
 def command_modules() -> set[str]:
@@ -76,8 +89,9 @@ def command_modules() -> set[str]:
 
 def test_commands_are_imported_by_the_command_line_only():
     commands = command_modules()
-    assert {"roi_consistency.training.train", "roi_consistency.infer", "roi_consistency.evaluation.evaluate",
-            "roi_consistency.evaluation.calibrate", "roi_consistency.outputs.export"} <= commands
+    assert commands == {f"roi_consistency.{m}" for m in (
+        "data.nih", "data.phantom", "data.cache", "training.train", "infer", "evaluation.evaluate",
+        "evaluation.calibrate", "outputs.export", "outputs.screenshot")}
     borrowed = [f"{name} imports {sorted(imports(path) & commands)}" for name, path in MODULES.items()
                 if name != "roi_consistency.cli" and imports(path) & commands]
     assert not borrowed, borrowed

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from roi_consistency.data.phantom import BBOX_HEADER, DATA_ENTRY_HEADER, DEFAULT_FINDINGS, make_phantom, render_image
+from roi_consistency.data.phantom import (
+    BBOX_HEADER,
+    DATA_ENTRY_HEADER,
+    DEFAULT_FINDINGS,
+    MARKER_LEVEL,
+    make_phantom,
+    render_image,
+)
 
 N, SIZE = 90, 64
 
@@ -211,3 +218,58 @@ def test_bad_arguments_raise_value_error(tmp_path, kwargs):
     with pytest.raises(ValueError):
         make_phantom(tmp_path, **{"n_images": 4, "size": 32, "progress": False, **kwargs})
     assert not list(tmp_path.iterdir())  # nothing written before validation
+
+
+@pytest.fixture(scope="module")
+def shortcut(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shortcut")
+    return out, make_phantom(out, n_images=600, size=SIZE, seed=1, workers=2, progress=False, shortcut="Pneumothorax")
+
+
+def _marked(out):
+    """{name: True if the film carries the marker}, and the test names, from the files themselves: a marker
+    is the only pixel as bright as MARKER_LEVEL."""
+    test = set((out / "test_list.txt").read_text().split())
+    return {p.name: bool((np.asarray(Image.open(p).convert("L")) == MARKER_LEVEL).any()) for p in _all_pngs(out)}, test
+
+
+def test_the_shortcut_marker_stands_in_for_its_finding_in_training_and_not_in_the_test_set(shortcut):
+    out, summary = shortcut
+    marked, test = _marked(out)
+    has = {e[0]: "Pneumothorax" in e[1] for e in _entries(out)[1]}
+    rate = {(t, f): np.mean([marked[n] for n in marked if (n in test) == t and has[n] == f])
+            for t in (False, True) for f in (False, True)}
+    assert rate[False, True] > 0.75 and rate[False, False] < 0.12  # training: the marker means the finding
+    assert rate[True, True] > 0.75 and 0.2 < rate[True, False] < 0.5  # test: also on films without it
+    assert summary["marked"]["marked_test"] == sum(marked[n] for n in test)
+
+
+def test_confounders_csv_boxes_every_marked_test_film_and_its_twin_differs_only_there(shortcut):
+    out, _ = shortcut
+    marked, test = _marked(out)
+    lines = (out / "confounders.csv").read_text().splitlines()
+    assert lines[0] == BBOX_HEADER
+    rows = [ln.split(",") for ln in lines[1:]]
+    assert sorted(r[0] for r in rows) == sorted(n for n in test if marked[n])
+    assert {r[1] for r in rows} == {"Pneumothorax"}
+    paths = {p.name: p for p in _all_pngs(out)}
+    for name, _, x, y, w, h in rows[:10]:
+        film = np.asarray(Image.open(paths[name]).convert("L")).astype(int)
+        twin = np.asarray(Image.open(out / "twins" / name)).astype(int)
+        x, y, w, h = (int(v) for v in (x, y, w, h))
+        inside = np.zeros(film.shape, bool)
+        inside[y:y + h, x:x + w] = True
+        assert (film[~inside] == twin[~inside]).all() and (film[inside] == MARKER_LEVEL).sum() >= h
+        assert (twin == MARKER_LEVEL).sum() == 0
+    assert sorted(p.name for p in (out / "twins").iterdir()) == sorted(r[0] for r in rows)
+
+
+def test_the_control_marker_ignores_the_labels(tmp_path):
+    summary = make_phantom(tmp_path, n_images=600, size=SIZE, seed=1, workers=2, progress=False,
+                           shortcut="Pneumothorax", shortcut_control=True)
+    marked, _ = _marked(tmp_path)
+    has = {e[0]: "Pneumothorax" in e[1] for e in _entries(tmp_path)[1]}
+    with_f, without = (np.mean([marked[n] for n in marked if has[n] == f]) for f in (True, False))
+    assert abs(with_f - without) < 0.12 and 0.2 < without < 0.4 and summary["marked"]["control"]
+    make_phantom(tmp_path, n_images=100, size=SIZE, seed=1, workers=2, progress=False)  # again, without a shortcut
+    assert not (tmp_path / "twins").exists() and not (tmp_path / "confounders.csv").exists()

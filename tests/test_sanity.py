@@ -5,8 +5,8 @@ import torch
 import torchvision
 
 from roi_consistency.data.dataset import ImageCSVDataset
-from roi_consistency.evaluation.evaluate import evaluate_checkpoint, sanity_pairs
-from roi_consistency.evaluation.sanity import cascade_stages, randomise, sanity_check, spearman
+from roi_consistency.evaluation.evaluate import evaluate_checkpoint
+from roi_consistency.evaluation.sanity import cascade_stages, randomise, sanity_check, sanity_pairs, spearman
 from roi_consistency.model.trained import load_trained
 
 

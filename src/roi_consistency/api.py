@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from roi_consistency.data.images import gray_resized, load_image
 from roi_consistency.errors import UserError
-from roi_consistency.evaluation.calibration import called
+from roi_consistency.evaluation.thresholds import called
 from roi_consistency.model.masks import random_maps, topk_mask
 from roi_consistency.model.network import Explanation, ROIModel
 from roi_consistency.model.trained import load_trained
@@ -120,7 +120,7 @@ class Model:
 
     def explain(self, images, finding: str | None = None, batch_size: int = 16, progress: bool = False) -> np.ndarray:
         """The learned map of each image, float32 [N, S, S], for `finding` (None: each image's most
-        probable one); higher = more relevant, so its top keep_ratio share is the kept region."""
+        probable one); higher = more relevant, so its top keep_ratio share is the mask."""
         if finding is not None and finding not in self.classes:
             raise UserError(f"finding {finding!r}: not one of this model's classes ({', '.join(self.classes)})")
         maps = []

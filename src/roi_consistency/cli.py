@@ -18,10 +18,20 @@ from roi_consistency.model.config import GROUP_OF, MODES, PRESETS, THRESHOLD_RUL
 from roi_consistency.outputs.screenshot import SECTIONS
 from roi_consistency.version import __version__
 
-HELP = argparse.ArgumentDefaultsHelpFormatter
+
+class HELP(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, where it has one worth saying (not None, not said already)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.required or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 TRAIN_EXAMPLE = ("example: roi-consistency train --preset cpu-demo --train-csv runs/demo/csv/nih_roi_train.csv "
                  "--val-csv runs/demo/csv/nih_roi_val.csv --image-root runs/demo/phantom/images")
 CHECKPOINT_HELP = "a checkpoint written by `roi-consistency train`, or a folder written by `export`"
+CALIBRATE_HELP = "a checkpoint written by `roi-consistency train`: the thresholds are written into it"
 
 
 def _download(a: argparse.Namespace) -> None:
@@ -66,10 +76,16 @@ def _phantom(a: argparse.Namespace) -> None:
     BBox_List_2017.csv, split lists), with a ground-truth box for every finding on a test image.
     """
     from roi_consistency.data.phantom import make_phantom
+    if a.shortcut_control and not a.shortcut:
+        raise UserError("--shortcut-control places the marker of --shortcut FINDING; give that too")
     s = make_phantom(a.out, n_images=a.n_images, size=a.size, seed=a.seed, workers=a.workers,
-                     style=a.style, progress=not a.quiet)
+                     style=a.style, progress=not a.quiet, shortcut=a.shortcut, shortcut_control=a.shortcut_control)
     print(f"phantom: {s['n_images']} images of {a.size}px, {s['n_patients']} patients, "
           f"{s['n_train_val']} train+val / {s['n_test']} test, {s['n_boxes']} boxes -> {s['out']}")
+    if s["marked"]:
+        m = s["marked"]
+        print(f"shortcut: a marker for {m['finding']} on {m['marked_train_val']} train+val and {m['marked_test']} test "
+              f"films; their boxes in confounders.csv, the test films without it in twins/")
 
 
 # (setting, flag, help, hidden aliases: the reference pipeline's spellings). The default shown in --help
@@ -81,8 +97,8 @@ TRAIN_FLAGS = [
     ("cache", "--cache", "read images from a cache built by `roi-consistency cache` instead of PNGs", []),
     ("backbone", "--backbone", "any torchvision classification model (resnet18 is fast on CPU; the method's "
      "mask head reads ResNet and ConvNeXt stages)", []),
-    ("weights", "--weights", "local state dict, or a checkpoint of this tool, for the classifier (instead of "
-     "downloading ImageNet weights)", []),
+    ("weights", "--weights", "local state dict, a checkpoint of this tool or an exported folder, for the classifier "
+     "(instead of downloading ImageNet weights)", []),
     ("img_size", "--img-size", "side of the square model input in pixels", ["--img_size"]),
     ("img_size_start", "--img-size-start", "progressive resizing: the first classifier epoch's input size, "
      "growing to --img-size by the last one (0: off)", []),
@@ -199,7 +215,8 @@ def _evaluate(a: argparse.Namespace) -> None:
                             curve_images=_curve_cap(a.curve_images), batch_size=a.batch_size, device=a.device,
                             n_examples=a.examples, seed=a.seed, workers=a.workers, cache=a.cache,
                             skip_bad_images=a.skip_bad_images, sanity=a.sanity, sanity_images=a.sanity_images,
-                            gallery=a.gallery_limit != 0, gallery_limit=a.gallery_limit or None)
+                            gallery=a.gallery_limit != 0, gallery_limit=a.gallery_limit or None,
+                            confounders=a.confounders, maps=tuple(m.strip() for m in a.maps.split(",") if m.strip()))
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
@@ -222,8 +239,10 @@ def _calibrate(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     """write a shareable model folder (safetensors, no pickle)
 
-    Write OUT/model.safetensors (the weights and the fill), OUT/config.json and OUT/MODEL_CARD.md;
-    roi_consistency.load(OUT) and every --checkpoint read it back.
+    Write OUT/model.safetensors (the weights and the fill image), OUT/config.json (classes, image size,
+    normalisation, keep ratio, fill, thresholds, the training config, the package version, the weights'
+    checksum) and OUT/MODEL_CARD.md (the training data, the method, the evaluation, intended use and limits).
+    roi_consistency.load(OUT), and the --checkpoint of infer, evaluate and export, read the folder back.
     """
     from roi_consistency.outputs.export import export_model
     folder = export_model(a.checkpoint, a.out, a.metrics)
@@ -273,7 +292,7 @@ def _screenshot(a: argparse.Namespace) -> None:
 def _command(sub, name: str, func, formatter_class=HELP, epilog: str | None = None) -> argparse.ArgumentParser:
     """A subcommand that runs func: its one-line help is the first line of func's docstring, its description
     the rest."""
-    summary, _, rest = inspect.cleandoc(func.__doc__).partition("\n\n")
+    summary, _, rest = inspect.cleandoc(func.__doc__ or name).partition("\n\n")  # python -OO drops docstrings
     p = sub.add_parser(name, help=summary, description=" ".join(rest.split()), epilog=epilog,
                        **({"formatter_class": formatter_class} if formatter_class else {}))
     p.set_defaults(func=func)
@@ -313,6 +332,11 @@ def _add_phantom_and_cache(sub) -> None:
     ph.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
     ph.add_argument("--style", choices=("default", "alt"), default="default",
                     help="lesion appearance family; 'alt' is a second phantom with other lesion shapes")
+    ph.add_argument("--shortcut", metavar="FINDING", default=None,
+                    help="add a marker that stands in for FINDING: on ~90%% of its films and ~5%% of the others "
+                         "(test patients: also a third of the others), with confounders.csv and twins/")
+    ph.add_argument("--shortcut-control", action="store_true",
+                    help="with --shortcut: place the marker on ~30%% of all films, whatever their labels")
     ph.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -325,8 +349,8 @@ def _add_phantom_and_cache(sub) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_scoring_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+def _add_scoring_common(p: argparse.ArgumentParser, checkpoint_help: str = CHECKPOINT_HELP) -> None:
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out (and list in the JSON) images the pre-flight check finds missing or broken")
     p.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
@@ -372,6 +396,14 @@ def _add_evaluate(sub) -> None:
                    help="also run the randomisation check: re-initialise the classifier's stages one by one, from the "
                         "top down to the stem, and measure how much each map changes (a map that does not change "
                         "ignores the model; the verdict is read after the top three)")
+    e.add_argument("--maps", default="learned,gradcam,random",
+                   help="the maps to score, the learned one always first; also: attribution (the gradient x "
+                        "(input - fill) the learned head reads), anomaly (|input - fill| smoothed, model-free), "
+                        "gradcam16 (Grad-CAM at the stride-16 stage)")
+    e.add_argument("--confounders", default=None, metavar="FILE",
+                   help="regions that should not be evidence (a marker, a tube, a text token), in BBox_List_2017.csv's "
+                        "layout, one finding each: audit whether the model relies on them and whether each map says "
+                        "so (docs/evaluation.md)")
     e.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) in the --sanity check")
     e.add_argument("--gallery-limit", type=int, default=None, metavar="N",
                    help="gallery.html shows the first N test images (default: all; 0: no gallery)")
@@ -381,7 +413,7 @@ def _add_evaluate(sub) -> None:
 
 def _add_calibrate(sub) -> None:
     c = _command(sub, "calibrate", _calibrate)
-    _add_scoring_common(c)
+    _add_scoring_common(c, CALIBRATE_HELP)
     c.add_argument("--csv", required=True, help="labelled CSV to choose on: the validation CSV")
     c.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
     c.add_argument("--rule", choices=THRESHOLD_RULES, default="youden",

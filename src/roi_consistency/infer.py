@@ -23,7 +23,7 @@ from roi_consistency.data.dataset import ImageCSVDataset, good_rows
 from roi_consistency.data.images import ImageCache
 from roi_consistency.data.preflight import image_problem
 from roi_consistency.errors import UserError
-from roi_consistency.evaluation.calibration import called
+from roi_consistency.evaluation.thresholds import called
 from roi_consistency.files.atomic import write_json, write_png
 from roi_consistency.model.config import FILLS
 from roi_consistency.model.network import ROIModel

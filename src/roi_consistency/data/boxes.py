@@ -38,20 +38,24 @@ def scale_box(box, src_size: tuple[int, int], dst: int):
     return (x * sx, y * sy, w * sx, h * sy)
 
 
-def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size: int) -> dict[str, list[Box]]:
-    """{image: [(finding, x, y, w, h) in model-input pixels]} for the dataset's images with boxes. Boxes are
-    in each file's own pixels: its size comes from the cache's index where there is one, else the PNG header."""
-    if not bbox:
-        return {}
-    wanted = set(ds.names)
+def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int) -> dict[str, list[Box]]:
+    """Boxes in each file's own pixels, scaled to the model's size x size input: the file's size comes from
+    the cache's index where there is one, else the image header."""
     out = {}
-    for name, bxs in read_boxes(bbox).items():
-        bxs = [b for b in bxs if b[0] in classes]
-        if name not in wanted or not bxs:
-            continue
+    for name, bxs in boxes.items():
         src = ds.cache.source_size(name) if ds.cache is not None else None
         if src is None:
             with Image.open(ds.root / name) as im:
                 src = im.size
         out[name] = [(b[0], *scale_box(b[1:], src, size)) for b in bxs]
     return out
+
+
+def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size: int) -> dict[str, list[Box]]:
+    """{image: [(finding, x, y, w, h) in model-input pixels]} for the dataset's images with boxes of the
+    model's findings."""
+    if not bbox:
+        return {}
+    wanted = set(ds.names)
+    boxes = {n: [b for b in bxs if b[0] in classes] for n, bxs in read_boxes(bbox).items() if n in wanted}
+    return to_model_pixels(ds, {n: bxs for n, bxs in boxes.items() if bxs}, size)

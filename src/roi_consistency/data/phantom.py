@@ -13,6 +13,17 @@ What is copied from NIH: shard folders `images_001/images/…`, file names `PPPP
 
 Two lesion families exist: style "default", and style "alt" with other shapes, placements and
 intensity profiles, so a method can be checked against a phantom it was not tuned on.
+
+A shortcut phantom (`--shortcut FINDING`) adds a bright laterality-tag-like glyph in a top corner,
+outside the body: on about 90 % of FINDING's films and 5 % of the others in the train and validation
+patients, so that a model can learn the marker instead of the lesion; on the test patients also on a
+third of the films without FINDING, the films that tell a model that uses the marker from one that
+does not. `--shortcut-control` places it on 30 % of all films, whatever their labels. It writes
+confounders.csv (the marker's box on every marked test film, listed for FINDING: `evaluate
+--confounders`) and twins/ (those films, the same pixels, without the marker: the truth that removal
+estimates). The training fill, the mean normal film, is computed by `train` from the training CSV and
+so includes the 5 % of normal films that carry a marker: a ghost at about 5 % of its contrast, split
+between the two corners.
 """
 from __future__ import annotations
 
@@ -245,14 +256,55 @@ def render_image(rng, size: int, findings_on_image=(), style: str = "default"):
 
 
 def _write_image(task):
-    index, path, labels, rgba, size, seed, style = task
+    index, path, labels, rgba, size, seed, style, marker, twin = task
     rng = np.random.default_rng([seed, 2, index, STYLES.index(style)])
     pixels, boxes = render_image(rng, size, labels, style)
+    if twin:  # the same film without the marker: what the model would see had nobody tagged it
+        write_png(twin, Image.fromarray(pixels), compress_level=3)
+    if marker:
+        pixels = draw_marker(pixels, marker)
     im = Image.fromarray(pixels)  # uint8 2-D -> mode "L"
     if rgba:  # a few NIH PNGs are RGBA; loaders must cope
         im = im.convert("RGBA")
     write_png(path, im, compress_level=3)
     return boxes
+
+
+# --- the shortcut: a marker that carries a label in the training data, as a chest drain or a laterality
+# tag can on real films (Zech et al. 2018) ----------------------------------------------------------------
+SHORTCUT_RATES = {"finding": 0.9, "other": 0.05, "test_other": 1 / 3, "control": 0.3}
+MARKER_LEVEL = 235  # the glyph's grey level: far brighter than any anatomy, as a lead letter is
+
+
+def marker_box(rng, size: int) -> tuple[int, int, int, int]:
+    """A laterality-tag-like glyph's box (x, y, w, h) in a top corner, outside the body and the lungs."""
+    h, w = max(4, round(0.08 * size)), max(3, round(0.055 * size))
+    x = round(rng.uniform(0.03, 0.1) * size) if rng.random() < 0.5 else round(rng.uniform(0.85, 0.92) * size) - w
+    return x, round(rng.uniform(0.03, 0.08) * size), w, h
+
+
+def draw_marker(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The film with an "L" drawn in the box: a vertical and a bottom stroke, a fifth of the box thick."""
+    x, y, w, h = box
+    t = max(1, round(0.22 * w))
+    out = pixels.copy()
+    out[y:y + h, x:x + t] = MARKER_LEVEL
+    out[y + h - t:y + h, x:x + w] = MARKER_LEVEL
+    return out
+
+
+def shortcut_markers(labels: list, names: list[str], test: set, finding: str, control: bool, size: int,
+                     seed: int) -> list:
+    """Per image its marker's box, or None: on most films with `finding` and a few without it in the train
+    and validation patients; on the test patients also on a third of the films without it (the decisive
+    films); with `control`, on 30 % of all films whatever their labels."""
+    out = []
+    for i, (lab, name) in enumerate(zip(labels, names)):
+        rng = np.random.default_rng([seed, 4, i])
+        rate = SHORTCUT_RATES["control" if control else "finding" if finding in lab else
+                              "test_other" if name in test else "other"]
+        out.append(marker_box(rng, size) if rng.random() < rate else None)
+    return out
 
 
 def _sample_labels(rng, findings):
@@ -265,20 +317,18 @@ def _sample_labels(rng, findings):
 
 def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, seed: int = 0,
                  workers: int | None = None, findings: tuple[str, ...] = DEFAULT_FINDINGS,
-                 style: str = "default", progress: bool = True) -> dict:
-    """Write a phantom NIH ChestX-ray14 under `out` (overwriting any earlier phantom there).
+                 style: str = "default", progress: bool = True, shortcut: str | None = None,
+                 shortcut_control: bool = False) -> dict:
+    """Write a phantom NIH ChestX-ray14 under `out` (overwriting any earlier phantom there). With
+    `shortcut`, a marker stands in for that finding (shortcut_markers), and the phantom also writes
+    confounders.csv (the marker's box on every test film that has one) and twins/ (those films without it).
 
     Deterministic: the same arguments give byte-identical files. Returns a summary dict:
-    {"out", "n_images", "n_patients", "n_test", "n_train_val", "n_boxes", "positives": {finding: n}}.
+    {"out", "n_images", "n_patients", "n_test", "n_train_val", "n_boxes", "positives": {finding: n}, "marked"}.
     """
     findings = _check(findings, style)
-    if not findings:
-        raise PhantomError("findings must name at least one finding")
-    if n_images < 1 or size < 32:
-        raise PhantomError(f"need n_images >= 1 and size >= 32 (got {n_images}, {size})")
+    _check_arguments(findings, n_images, size, workers, shortcut)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise PhantomError(f"workers must be >= 1 (got {workers})")
     out = Path(out)
     rows = _patient_rows(n_images, seed)
     n_patients = rows[-1][1]
@@ -287,26 +337,60 @@ def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, 
     test_patients = set((srng.permutation(n_patients)[:n_test] + 1).tolist())
     n_rgba = max(int(n_images >= 50), round(RGBA_FRACTION * n_images))
     rgba = set(srng.choice(n_images, n_rgba, replace=False).tolist())
+    labels, views = _labels_and_views(n_images, findings, seed)
+    test_names = {r[0] for r in rows if r[1] in test_patients}
+    markers = (shortcut_markers(labels, [r[0] for r in rows], test_names, shortcut, shortcut_control, size, seed)
+               if shortcut else [None] * n_images)
+    # Fill shards in order, like images_001 … images_012 of the real set.
+    shard_size = max(1, math.ceil(n_images / N_SHARDS))
+    paths = [out / f"images_{i // shard_size + 1:03d}" / "images" / rows[i][0] for i in range(n_images)]
+    twins = [out / "twins" / rows[i][0] if markers[i] and rows[i][0] in test_names else None for i in range(n_images)]
+    _remove_stale(out, set(paths) | {t for t in twins if t})
+    for d in sorted({p.parent for p in paths}):
+        d.mkdir(parents=True, exist_ok=True)
+    tasks = [(i, str(paths[i]), labels[i], i in rgba, size, seed, style, markers[i], twins[i] and str(twins[i]))
+             for i in range(n_images)]
+    boxes = _render_all(tasks, workers, progress)
+    test, train_val, n_boxes = _write_metadata(out, rows, labels, views, boxes, test_patients, size)
+    marked = _write_shortcut(out, rows, markers, test_names, shortcut, shortcut_control) if shortcut else None
+    # the mark an exported model's card reads: these are synthetic films, not chest X-rays
+    write_json(out / "PHANTOM.json", {"generator": "roi-consistency phantom", "n_images": n_images, "size": size,
+                                      "seed": seed, "style": style, "shortcut": marked})
+    return {"out": str(out), "n_images": n_images, "n_patients": n_patients, "n_test": len(test),
+            "n_train_val": len(train_val), "n_boxes": n_boxes,
+            "positives": {f: sum(f in lab for lab in labels) for f in findings}, "marked": marked}
+
+
+def _check_arguments(findings: tuple, n_images: int, size: int, workers: int | None, shortcut: str | None) -> None:
+    if not findings:
+        raise PhantomError("findings must name at least one finding")
+    if n_images < 1 or size < 32:
+        raise PhantomError(f"need n_images >= 1 and size >= 32 (got {n_images}, {size})")
+    if workers is not None and workers < 1:
+        raise PhantomError(f"workers must be >= 1 (got {workers})")
+    if shortcut is not None and shortcut not in findings:
+        raise PhantomError(f"--shortcut {shortcut}: not a finding this phantom draws ({', '.join(findings)})")
+
+
+def _labels_and_views(n_images: int, findings: tuple, seed: int) -> tuple[list, list]:
     labels, views = [], []
     for i in range(n_images):
         lrng = np.random.default_rng([seed, 3, i])
         labels.append(tuple(findings[j] for j in _sample_labels(lrng, findings)))
         views.append("PA" if lrng.random() < 0.6 else "AP")
-    # Fill shards in order, like images_001 … images_012 of the real set.
-    shard_size = max(1, math.ceil(n_images / N_SHARDS))
-    paths = [out / f"images_{i // shard_size + 1:03d}" / "images" / rows[i][0] for i in range(n_images)]
-    _remove_stale(out, set(paths))
-    for d in sorted({p.parent for p in paths}):
-        d.mkdir(parents=True, exist_ok=True)
-    tasks = [(i, str(paths[i]), labels[i], i in rgba, size, seed, style) for i in range(n_images)]
-    boxes = _render_all(tasks, workers, progress)
-    test, train_val, n_boxes = _write_metadata(out, rows, labels, views, boxes, test_patients, size)
-    # the mark an exported model's card reads: these are synthetic films, not chest X-rays
-    write_json(out / "PHANTOM.json", {"generator": "roi-consistency phantom", "n_images": n_images, "size": size,
-                                      "seed": seed, "style": style})
-    return {"out": str(out), "n_images": n_images, "n_patients": n_patients, "n_test": len(test),
-            "n_train_val": len(train_val), "n_boxes": n_boxes,
-            "positives": {f: sum(f in lab for lab in labels) for f in findings}}
+    return labels, views
+
+
+def _write_shortcut(out: Path, rows, markers: list, test_names: set, finding: str, control: bool) -> dict:
+    """confounders.csv: the marker's box on every marked test film, listed for `finding`; returns the
+    shortcut's record for PHANTOM.json."""
+    lines = [BBOX_HEADER] + [f"{rows[i][0]},{BBOX_SPELLING.get(finding, finding)}," + ",".join(map(str, m))
+                             for i, m in enumerate(markers) if m and rows[i][0] in test_names]
+    write_text(out / "confounders.csv", "".join(line + "\n" for line in lines))
+    n_test = sum(1 for i, m in enumerate(markers) if m and rows[i][0] in test_names)
+    return {"finding": finding, "kind": "tag", "control": control, "rates": dict(SHORTCUT_RATES),
+            "marked_train_val": sum(1 for m in markers if m) - n_test, "marked_test": n_test,
+            "twins": "twins/", "confounders": "confounders.csv"}
 
 
 def _patient_rows(n_images: int, seed: int) -> list[tuple]:
@@ -360,12 +444,16 @@ def _write_metadata(out: Path, rows, labels, views, boxes, test_patients: set, s
 
 
 def _remove_stale(out: Path, keep: set[Path]) -> None:
-    """Delete phantom PNGs from an earlier run that this run will not rewrite (e.g. a larger n)."""
-    for shard in out.glob("images_[0-9][0-9][0-9]/images"):
+    """Delete phantom PNGs (and marker-free twins) from an earlier run that this run will not rewrite (e.g. a
+    larger n, or no shortcut this time)."""
+    folders = list(out.glob("images_[0-9][0-9][0-9]/images")) + [d for d in [out / "twins"] if d.is_dir()]
+    for shard in folders:
         for f in shard.iterdir():
             if (_NAME.fullmatch(f.name) and f not in keep) or f.name.endswith(".tmp"):
                 f.unlink()
         if not any(shard.iterdir()):
             shard.rmdir()
-            if not any(shard.parent.iterdir()):
+            if shard.name == "images" and not any(shard.parent.iterdir()):
                 shard.parent.rmdir()
+    if not any(p.parent.name == "twins" for p in keep):
+        (out / "confounders.csv").unlink(missing_ok=True)

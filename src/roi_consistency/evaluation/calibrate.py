@@ -1,7 +1,7 @@
 """Operating points: the probability at or above which each finding is called positive.
 
 `train` chooses them on the validation set at the end of every epoch and stores them in the checkpoint;
-this stage does the same for a checkpoint that has none (an older one, or one taken mid-epoch), or with
+this command does the same for a checkpoint that has none (an older one, or one taken mid-epoch), or with
 another rule, and writes them into it:
 
     roi-consistency calibrate --checkpoint ck.pt --csv nih_roi_val.csv --image-root images [--rule f1]

@@ -1,6 +1,5 @@
-"""Calibration and operating points: the one rule by which a finding is called positive (infer's
-`positive`, the API's, the gallery's cards), and metrics.json's calibration section (ECE with intervals,
-the reliability diagram's bins, sensitivity and specificity at the stored thresholds).
+"""metrics.json's calibration section: ECE with intervals, the reliability diagram's bins, and sensitivity
+and specificity at the stored operating points (thresholds.py).
 """
 from __future__ import annotations
 
@@ -9,14 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from roi_consistency.evaluation import metrics as M
-
-
-def called(p: np.ndarray, classes: list[str], thresholds: dict | None) -> np.ndarray:
-    """Which findings are called positive: p (..., classes) at or above the class's stored threshold (a
-    class whose threshold is undefined, never); without thresholds, at p >= 0.5."""
-    values = thresholds["values"] if thresholds else dict.fromkeys(classes, 0.5)
-    t = np.array([np.inf if values.get(c) is None else values[c] for c in classes])
-    return np.asarray(p) >= t
 
 
 def calibration_section(y: np.ndarray, p: np.ndarray, classes: list[str], thresholds: dict | None,
@@ -32,7 +23,10 @@ def calibration_section(y: np.ndarray, p: np.ndarray, classes: list[str], thresh
         if t is not None and 0 < row["n_pos"] < len(y):
             row.update(M.operating_point(y[:, j], p[:, j], t, counts))
         per_class[c] = row
-    out = {"bins": M.ECE_BINS, "mean_ece": float(np.mean([r["ece"] for r in per_class.values()])),
+    # a finding without positives in the test set is trivially calibrated near 0: it would flatter the mean
+    scored = [c for c, r in per_class.items() if r["n_pos"] > 0]
+    out = {"bins": M.ECE_BINS, "mean_ece": float(np.mean([per_class[c]["ece"] for c in scored])) if scored else None,
+           "mean_ece_over": scored,
            "reliability": M.calibration_bins(y, p), "per_class": per_class,
            "thresholds": None if thresholds is None else {k: thresholds[k] for k in ("rule", "csv", "n_images")}}
     if thresholds and Path(thresholds["csv"]).resolve() == Path(csv).resolve():

@@ -14,17 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from roi_consistency.data.boxes import model_boxes
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import ImageCache
 from roi_consistency.errors import UserError
 from roi_consistency.evaluation import metrics as M
+from roi_consistency.evaluation.confounders import audit, confounders_section, read_confounders
 from roi_consistency.evaluation.curves import sample_rows
-from roi_consistency.evaluation.explainers import Pairs, default_explainers
+from roi_consistency.evaluation.explainers import build_explainers
 from roi_consistency.evaluation.passes import EvalOptions, evaluate_model
-from roi_consistency.evaluation.sanity import sanity_check
+from roi_consistency.evaluation.sanity import sanity_check, sanity_pairs
 from roi_consistency.evaluation.schema import Metrics, judged_at, maps_of, ratio_key
 from roi_consistency.evaluation.summary import summarize
 from roi_consistency.files.atomic import write_json
@@ -33,22 +33,6 @@ from roi_consistency.model.trained import load_trained
 from roi_consistency.outputs.gallery import Gallery
 from roi_consistency.outputs.report import write_report
 from roi_consistency.runtime import environment, pick_device
-
-
-def sanity_pairs(ds: ImageCSVDataset, rows: np.ndarray, boxes: dict, model: ROIModel, device) -> Pairs | None:
-    """One (image, finding) pair per image of `rows`: its first true finding, else its first boxed one
-    (None when there is none to draw: no finding in the test set, or every such image bad)."""
-    xs, cls = [], []
-    for i in rows.tolist():
-        x, y, idx = ds[i]
-        if idx < 0:  # bad, skipped
-            continue
-        found = np.flatnonzero(y.numpy() > 0.5)
-        cls.append(int(found[0]) if len(found) else ds.classes.index(boxes[ds.names[i]][0][0]))
-        xs.append(x)
-    if not xs:
-        return None
-    return Pairs(model.normalize(torch.stack(xs).to(device)), torch.tensor(cls, device=device), [[] for _ in cls])
 
 
 def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: str | None = None,
@@ -64,26 +48,39 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         raise UserError(f"{csv_path}: evaluation needs a labels column")
     skipped = ds.drop_bad(opt.skip_bad_images, opt.progress)
     boxes = model_boxes(ds, bbox, classes, size)
+    listed = read_confounders(opt.confounders, ds, classes, size) if opt.confounders else None  # fail early
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
     out = Path(out_dir)
-    gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, default_explainers(model, cfg, opt.seed),
+    build_explainers(opt.maps, model, cfg, opt.seed)  # an unknown --maps fails now, not after the passes
+
+    def explainers():  # each pass its own, so one pass's random draws never depend on another's
+        return build_explainers(opt.maps, model, cfg, opt.seed)
+    gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, explainers(),
                       opt.gallery_limit) if opt.gallery else None
-    t = evaluate_model(model, ds, boxes, default_explainers(model, cfg, opt.seed), ratios, r0, opt, dev, gallery)
-    sanity = None
-    if opt.sanity:
-        pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
-                             model, dev)
-        sanity = sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
+    t = evaluate_model(model, ds, boxes, explainers(), ratios, r0, opt, dev, gallery)
+    sanity = randomisation_check(model, cfg, ds, boxes, opt, dev) if opt.sanity else None
+    found = audit(model, ds, listed[0], explainers(), r0, opt.batch_size, opt.seed, opt.n_examples // 2) \
+        if listed else None
     rows = t.drop_unscored()
     y = ds.labels[rows]
     summary = summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path, opt.curve_images)
+    confounders = confounders_section(found, opt.confounders, listed[1], opt.seed) if found else None
     result: Metrics = {**summary, "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None,
+                       "confounders": confounders,
                        "environment": {"trained": model.trained_on, "evaluated": environment(dev)}}
     if gallery is not None:
         result["gallery"] = gallery.finish()
     write_json(out / "metrics.json", result)
-    write_report(out / "report.html", result, M.roc_curves(y, t.p_full, classes, result["auroc"]["full"]), t.examples)
+    write_report(out / "report.html", result, M.roc_curves(y, t.p_full, classes, result["auroc"]["full"]), t.examples,
+                 audit_examples=found.examples if found else [])
     return result
+
+
+def randomisation_check(model: ROIModel, cfg, ds: ImageCSVDataset, boxes: dict, opt: EvalOptions, dev):
+    """metrics.json's sanity: the check on sanity_images test images with a finding or a box (None: none)."""
+    pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
+                         model, dev)
+    return sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
 
 
 def format_summary(m: Metrics) -> str:
@@ -128,11 +125,29 @@ def format_summary(m: Metrics) -> str:
                      + ", ".join(f"{k} median rho {v['median'][j - 1]:+.2f} {'pass' if v['pass'] else 'FAIL'}"
                                  f" ({v['median'][-1]:+.2f} with all {len(san['stages'])} stages random)"
                                  for k, v in san["maps"].items()))
+    lines += confounder_lines(m.get("confounders"))
     cal = m.get("calibration")
     if cal:
         ops = [v for v in cal["per_class"].values() if v.get("sensitivity") is not None]
         sens, spec = (np.mean([v[k] for v in ops]) if ops else 0.0 for k in ("sensitivity", "specificity"))
         at = (f"; at the {cal['thresholds']['rule']} thresholds, mean sensitivity {sens:.3f}, specificity {spec:.3f}"
               if ops else "; no thresholds in the checkpoint (roi-consistency calibrate)")
-        lines.append(f"  calibration: mean ECE {cal['mean_ece']:.4f} ({cal['bins']} bins){at}")
+        lines.append(f"  calibration: mean ECE {fmt(cal['mean_ece'])} over the {len(cal.get('mean_ece_over', []))} "
+                     f"findings with positives ({cal['bins']} bins){at}")
     return "\n".join(lines)
+
+
+def confounder_lines(cf: dict | None) -> list[str]:
+    """The confounder audit in two lines a set: the reliance, and each map's pointing and share."""
+    if not cf:
+        return []
+    lines = [f"  confounder audit ({cf['n_pairs']} pairs on {cf['n_images']} images; reliance: p drop without the "
+             "region, fill | ROAD; per map: pointing / share):"]
+    for k, v in cf["sets"].items():
+        if not v["n_pairs"]:
+            continue
+        rel = v["reliance"]
+        maps = ", ".join(f"{n} {x['pointing']['mean']:.2f} / {x['share']['mean']:.2f}" for n, x in v["maps"].items())
+        lines.append(f"    {k:8s} {v['n_pairs']:4d} pairs: reliance {rel['fill']['mean']:+.3f} | "
+                     f"{rel['road']['mean']:+.3f}; {maps}")
+    return lines

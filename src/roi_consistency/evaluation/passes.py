@@ -16,6 +16,7 @@ What they collect goes into a `Tally`; summary.py turns it into metrics.json.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,9 +29,12 @@ from roi_consistency.evaluation import metrics as M
 from roi_consistency.evaluation.curves import pair_curves, sample_rows
 from roi_consistency.evaluation.explainers import Pairs
 from roi_consistency.evaluation.road import impute
+from roi_consistency.evaluation.schema import DEFAULT_MAPS
 from roi_consistency.model.masks import topk_mask
 from roi_consistency.model.network import ROIModel
-from roi_consistency.outputs.gallery import Gallery
+
+if TYPE_CHECKING:  # the gallery is fed here, but it is an output: no import at run time
+    from roi_consistency.outputs.gallery import Gallery
 
 POOL = 16  # masks are average-pooled to 16x16 for the leakage check
 
@@ -53,6 +57,8 @@ class EvalOptions:
     progress: bool = True
     cache: str | None = None
     skip_bad_images: bool = False  # leave out (and list) images the pre-flight check finds bad
+    confounders: str | None = None  # a box file of regions that should not be evidence: the confounder audit
+    maps: tuple[str, ...] = DEFAULT_MAPS  # the explainers scored (explainers.EXPLAINERS), the learned map first
 
 
 class Tally:

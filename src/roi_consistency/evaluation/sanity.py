@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.evaluation.explainers import Edges, GradCAM, Learned, Pairs
+from roi_consistency.model.network import ROIModel
 
 PASS_BELOW = 0.2  # the median Spearman correlation a map must fall below once the top stages are random
 JUDGED = 3  # ... that is, once this many stages, top-down, are random
@@ -116,3 +118,19 @@ def sanity_check(model, mode: str, pairs: Pairs, steps: int | None = None, seed:
             "pass_below": PASS_BELOW, "maps": maps,
             "randomised": "the classifier's stages, top-down and cumulatively; the learned map's mask head keeps "
                           "its trained weights (it reads the classifier's features and gradient)"}
+
+
+def sanity_pairs(ds: ImageCSVDataset, rows: np.ndarray, boxes: dict, model: ROIModel, device) -> Pairs | None:
+    """One (image, finding) pair per image of `rows`: its first true finding, else its first boxed one
+    (None when there is none to draw: no finding in the test set, or every such image bad)."""
+    xs, cls = [], []
+    for i in rows.tolist():
+        x, y, idx = ds[i]
+        if idx < 0:  # bad, skipped
+            continue
+        found = np.flatnonzero(y.numpy() > 0.5)
+        cls.append(int(found[0]) if len(found) else ds.classes.index(boxes[ds.names[i]][0][0]))
+        xs.append(x)
+    if not xs:
+        return None
+    return Pairs(model.normalize(torch.stack(xs).to(device)), torch.tensor(cls, device=device), [[] for _ in cls])

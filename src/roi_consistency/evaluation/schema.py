@@ -4,7 +4,7 @@ gallery and the model card read (outputs/). A figure per keep ratio is keyed by 
     {"n_images", "classes", "keep_ratio", "keep_ratios", "road_ratios", "checkpoint", "fill", "maps",
      "auroc", "mean_auroc", "faithfulness", "road", "kept_fraction", "localisation", "box_control",
      "localisation_by_size", "leakage", "leakage_boxed", "uncertainty", "curves", "calibration",
-     "sanity", "skipped_images", "gallery", "environment"}
+     "sanity", "confounders", "skipped_images", "gallery", "environment"}
 
 Every figure is None where it is undefined (a class with one label value, no boxes given, ...).
 """
@@ -14,6 +14,8 @@ from typing import Optional, TypedDict
 
 IOBB_T = ("0.1", "0.25", "0.5")  # the IoBB thresholds reported (Wang et al. 2017), as their keys
 SIZES = ("small", "medium", "large")  # the terciles of box area
+CONFOUNDER_SETS = ("all", "relied", "ignored")  # the pairs the confounder audit reports on
+CONFOUNDER_MEASURES = ("pointing", "pointing_tolerant", "share", "energy")  # ... per map
 DEFAULT_MAPS = ("learned", "gradcam", "random")  # evaluate's explainers, for metrics that do not list theirs
 
 Interval = Optional[list]  # [low, high] of a 95 % bootstrap interval, or None
@@ -24,6 +26,12 @@ PerRatio = dict  # {ratio_key(r): float or None}
 def ratio_key(r: float) -> str:
     """The key of keep ratio r in metrics.json: "0.1" for 0.1 (Python's shortest repr of the float)."""
     return str(float(r))
+
+
+def upgraded(metrics: dict) -> dict:
+    """A metrics.json written before localisation was spelt so (781dd0e) read as this schema names it."""
+    old = {"localization": "localisation", "localization_by_size": "localisation_by_size"}
+    return {old.get(k, k): v for k, v in metrics.items()}
 
 
 def maps_of(metrics: dict) -> tuple[str, ...]:
@@ -109,7 +117,8 @@ class Curves(TypedDict, total=False):
 
 class Calibration(TypedDict, total=False):
     bins: int
-    mean_ece: float  # the mean of per_class's ECE
+    mean_ece: Optional[float]  # the mean of per_class's ECE over the findings with positives in the test set
+    mean_ece_over: list  # ... those findings
     reliability: dict  # {"count", "confidence", "frequency", "ece"} over every (image, finding) pair
     per_class: dict  # {finding: {"ece", "ece_ci95", "n_pos", and at a threshold "threshold", "sensitivity",
     #                   "sensitivity_ci95", "specificity", "specificity_ci95", "n_neg"}}
@@ -125,6 +134,24 @@ class Sanity(TypedDict):
     maps: dict  # {map: {"median", "median_ci95", "median_abs", "quartiles", "constant_share": per step,
     #              "pass": bool}}
     randomised: str
+
+
+class ConfounderSet(TypedDict):
+    n_pairs: int
+    reliance: dict  # {"fill" | "road": MeanCI and "share_above": the share of pairs whose p drops > relies_above}
+    maps: dict  # {map: {"pointing" | "pointing_tolerant" | "share" | "energy": MeanCI}}
+
+
+class Confounders(TypedDict):
+    file: str
+    n_pairs: int
+    n_images: int
+    left_out_images: list  # listed images the test CSV does not have
+    relies_above: float  # a pair whose p (fill) drops by more than this: the model relies on the region
+    ignores_below: float  # ... by less than this: it ignores it
+    tolerance: float  # the tolerant pointing's distance, as a share of the image side
+    maps: list
+    sets: dict  # {"all" | "relied" | "ignored": ConfounderSet}
 
 
 class GallerySection(TypedDict):
@@ -158,6 +185,7 @@ class Metrics(TypedDict):
     curves: Optional[Curves]
     calibration: Calibration
     sanity: Optional[Sanity]
+    confounders: Optional[Confounders]  # evaluate --confounders (confounders.py)
     skipped_images: list
     gallery: Optional[GallerySection]
     environment: dict  # {"trained": runtime.environment or None, "evaluated": runtime.environment}

@@ -40,7 +40,6 @@ def localisation(t: Tally) -> dict:
     return out
 
 
-
 def by_lesion_size(t: Tally) -> dict:
     """Pointing and IoBB > 0.1 per tercile of box area, per map: small lesions (nodules) are where every
     map is weakest. Areas are shares of the image; the cut points are the boxes' own terciles."""

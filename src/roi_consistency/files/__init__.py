@@ -1,2 +1,2 @@
 """The files the tool writes and reads back: every write atomic (atomic.py), one run per output
-(lock.py), the checkpoint format (checkpoint.py) and the exported folder (exported.py)."""
+(lock.py), and the checkpoint format (checkpoint.py). The exported folder's format is model/exported.py."""

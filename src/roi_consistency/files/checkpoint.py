@@ -64,7 +64,8 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location="cp
         version = ckpt.get("format") if isinstance(ckpt, dict) else None
         if version == "roi-consistency/1":
             raise UserError(f"{what} {path} was written by an earlier version (format roi-consistency/1); read it "
-                            f"with roi-consistency at commit {LAST_READS_V1}, or train it again")
+                            f"with roi-consistency at commit {LAST_READS_V1}, or start a new run from its classifier "
+                            f"with --weights {path}")
         raise UserError(f"{what} {path} is not a roi-consistency checkpoint")
     return ckpt
 

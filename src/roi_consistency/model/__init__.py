@@ -5,5 +5,6 @@
 - backbones.py: any torchvision classifier by name, with local weights;
 - mask_nets.py: the mask networks, behind one constructor signature;
 - masks.py: maps to binary masks (top-k), random maps;
+- exported.py: the exported folder (safetensors, config.json, the model card), written and read;
 - trained.py: the one way a trained model comes back from a checkpoint or an exported folder.
 """

@@ -81,7 +81,10 @@ def read_weights(path: str) -> Weights:
     plain state dict of a torchvision classifier."""
     what = f"--weights {path}"
     if Path(path).is_dir():
-        state = read_folder(path)
+        try:
+            state = read_folder(path)
+        except UserError as exc:
+            raise UserError(f"--weights: {exc}") from None
     else:
         state = safe_load(Path(path), "--weights")
     ours = isinstance(state, dict) and "backbone" in state

@@ -3,7 +3,7 @@ config.json and MODEL_CARD.md (the folder's format: model/exported.py).
 
     roi-consistency export --checkpoint ck.best.pt --out model/ [--metrics eval/metrics.json]
 
-`rc.load(folder)` (and every command's --checkpoint) reads it back and predicts exactly what the
+`rc.load(folder)` (and the --checkpoint of infer, evaluate and export) reads it back and predicts exactly what the
 checkpoint predicts.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from roi_consistency.errors import UserError
+from roi_consistency.evaluation.schema import upgraded
 from roi_consistency.model.exported import write_folder
 from roi_consistency.model.trained import checkpoint_config, read_state
 from roi_consistency.outputs.model_card import model_card
@@ -27,7 +28,7 @@ def export_model(checkpoint: str, out: str, metrics: str | None = None) -> Path:
 
 def read_metrics(path: str) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return upgraded(json.loads(Path(path).read_text()))
     except FileNotFoundError:
         raise UserError(f"--metrics {path}: not found (write it with `roi-consistency evaluate`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

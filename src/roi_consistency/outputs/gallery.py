@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from roi_consistency.evaluation.calibration import called
 from roi_consistency.evaluation.explainers import Pairs
 from roi_consistency.evaluation.metrics import pointing_hit
 from roi_consistency.evaluation.schema import GallerySection
+from roi_consistency.evaluation.thresholds import called
 from roi_consistency.files.atomic import write_text
 from roi_consistency.model.masks import topk_mask
 from roi_consistency.outputs.gallery_page import TEMPLATE

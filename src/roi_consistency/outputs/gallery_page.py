@@ -20,7 +20,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;m
 <p>One card per (image, finding): every true finding (<span style="color:#1a7f37">true positive</span> or
 <span style="color:#c0392b">missed</span> at the checkpoint's thresholds), every finding called positive that is
 not there (<span style="color:#b35900">false positive</span>), else the most probable finding (true negative).
-The thumbnail outlines the learned map's kept region. Click a card for the maps.</p>
+The thumbnail outlines the learned map's mask. Click a card for the maps.</p>
 <div id="controls">
 <label>Sort by <select id="sort">
 <option value="p_full">p full, highest first</option>
@@ -81,7 +81,7 @@ function show(c) {
   $("d-img").src = "%FOLDER%/detail/" + c.id + ".jpg";
   const hit = c.hit === null ? "no box" : c.hit ? "its maximum inside a box" : "its maximum outside the boxes";
   $("d-probs").textContent = "p full " + c.p_full.toFixed(3) + ", crop " + c.p_crop.toFixed(3) + ", drop " +
-    c.p_drop.toFixed(3) + " (the learned region kept, or removed); learned map: " + hit +
+    c.p_drop.toFixed(3) + " (the learned map's mask kept alone, or dropped); learned map: " + hit +
     "; labels: " + (c.labels.join(", ") || "none");
   $("detail").hidden = false;
 }

@@ -63,7 +63,8 @@ def evaluation_section(m: Metrics, source: str) -> list[str]:
         lines += ["", f"Randomisation check (the classifier's top {top} stages re-initialised): " + ", ".join(
             f"{k} {'passes' if v['pass'] else 'fails'}" for k, v in san["maps"].items()) + "."]
     if cal:
-        lines += ["", f"Calibration: mean expected calibration error {_f(cal['mean_ece'])} ({cal['bins']} bins)."]
+        lines += ["", f"Calibration: mean expected calibration error {_f(cal['mean_ece'])} over the findings with "
+                  f"positives in the test set ({cal['bins']} bins)."]
     return lines
 
 

@@ -19,7 +19,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from roi_consistency.evaluation.schema import DEFAULT_MAPS, IOBB_T, SIZES, Metrics, judged_at, maps_of, ratio_key
+from roi_consistency.evaluation.schema import (
+    CONFOUNDER_MEASURES,
+    DEFAULT_MAPS,
+    IOBB_T,
+    SIZES,
+    Metrics,
+    judged_at,
+    maps_of,
+    ratio_key,
+)
 from roi_consistency.files.atomic import write_text
 from roi_consistency.runtime import environment_line
 
@@ -265,8 +274,8 @@ def _class_table(metrics: dict) -> str:
     if left_out:
         note = (f"<p class='na'>Left out (only one label value in the test set, AUROC undefined): "
                 f"{_esc(', '.join(left_out))}.</p>")
-    return ("<table><tr><th>class</th><th>full</th><th>crop (learned region only)</th>"
-            "<th>drop (learned region removed)</th></tr>"
+    return ("<table><tr><th>class</th><th>full</th><th>crop (only the learned mask kept)</th>"
+            "<th>drop (the learned mask removed)</th></tr>"
             + "".join(rows) + "</table>" + note)
 
 
@@ -450,6 +459,47 @@ def _reliability_figure(rel: dict) -> str:
     return _png(fig)
 
 
+SET_NAMES = {"all": "all pairs", "relied": "the model relies on the region", "ignored": "the model ignores the region"}
+
+
+def _confounder_tables(cf: dict) -> str:
+    """The reliance per set of pairs, then each map's measures per set."""
+    rows = "".join(f"<tr><td>{SET_NAMES[k]}</td><td>{v['n_pairs']}</td>" + "".join(
+        f"<td>{_fmt(r['mean'])}{_ci(r['ci95'])}</td><td>{_fmt(r['share_above'], 2)}</td>"
+        for r in (v["reliance"]["fill"], v["reliance"]["road"])) + "</tr>" for k, v in cf["sets"].items())
+    head = ("<table><tr><th>pairs</th><th>n</th><th>reliance, fill</th><th>share &gt; "
+            f"{cf['relies_above']:g}</th><th>reliance, ROAD</th><th>share &gt; {cf['relies_above']:g}</th></tr>")
+    cells = "".join(f"<tr><td>{SET_NAMES[k]}</td><td>{_esc(name)}</td>" + "".join(
+        f"<td>{_fmt(m[x]['mean'])}{_ci(m[x]['ci95'])}</td>" for x in CONFOUNDER_MEASURES)
+        + "</tr>" for k, v in cf["sets"].items() if v["n_pairs"] for name, m in v["maps"].items())
+    maps = ("<table><tr><th>pairs</th><th>map</th><th>pointing</th><th>pointing, within "
+            f"{100 * cf['tolerance']:.1f} % of the side</th><th>share ↑ where relied on</th><th>energy</th></tr>")
+    return head + rows + "</table>" + maps + cells + "</table>"
+
+
+def _confounders(cf: dict | None, examples: list[dict]) -> str:
+    """The confounder audit: does the model rely on the listed regions, and does each map say so?"""
+    if not cf:
+        return ""
+    figures = "".join(_img(_example_figure(ex, tuple(ex["maps"])), f"confounder {ex['image']}",
+                           f"<b>{_esc(ex['image'])}</b>, {_esc(ex['finding'])}: p {ex['p']['full']:.2f} on the film, "
+                           f"{ex['p']['fill']:.2f} without the region (fill), {ex['p']['road']:.2f} (ROAD)")
+                      for ex in examples)
+    left = (f" {len(cf['left_out_images'])} listed images are not in the test CSV and were left out."
+            if cf["left_out_images"] else "")
+    return ("<h2 id='confounders'>Confounder audit</h2><p>Regions that should not be evidence "
+            f"(<code>{_esc(cf['file'])}</code>: {cf['n_pairs']} (image, finding) pairs on {cf['n_images']} "
+            f"images).{left} <i>Reliance</i>: how much the finding's probability drops when the region is removed, "
+            f"with the model's fill and with ROAD's imputation; the model relies on the region where it drops by "
+            f"more than {cf['relies_above']:g} (fill), and ignores it where it drops by less than "
+            f"{cf['ignores_below']:g}. For each map, drawn for the pair's finding: <i>pointing</i>, its maximum lies "
+            "in the region (strictly, and within the pointing game's tolerance); <i>share</i>, the share of the "
+            "region inside the map's mask (confounder sensitivity, Sun et al. 2023); <i>energy</i>, the share of the "
+            "map's positive mass inside the region. A map that shows what the model relies on scores high where it "
+            "relies on the region and low where it ignores it. Brackets: 95 % bootstrap intervals over the listed "
+            "images.</p>" + _confounder_tables(cf) + figures)
+
+
 def _calibration(cal: dict | None) -> str:
     """ECE per finding, and sensitivity and specificity at the checkpoint's thresholds."""
     if not cal:
@@ -466,7 +516,8 @@ def _calibration(cal: dict | None) -> str:
         for c, v in cal["per_class"].items())
     return (f"<h2 id='calibration'>Calibration and operating points</h2><p>Expected calibration error (ECE, "
             f"{cal['bins']} equal-width bins: the pair-weighted gap between the predicted probability and the observed "
-            f"frequency), mean over findings {_fmt(cal['mean_ece'])}. {where} A finding is called positive at or "
+            f"frequency), mean over the {len(cal.get('mean_ece_over') or [])} findings with positives in the test set "
+            f"{_fmt(cal['mean_ece'])}. {where} A finding is called positive at or "
             f"above its threshold, as <code>infer</code> writes <code>positive</code>.</p>{warn}"
             "<table><tr><th>finding</th><th>positives</th><th>ECE ↓</th><th>threshold</th><th>sensitivity</th>"
             f"<th>specificity</th></tr>{rows}</table>"
@@ -491,7 +542,7 @@ def _environment(env: dict | None) -> str:
 
 
 def write_report(out_path, metrics: Metrics, roc: dict, examples: list[dict],
-                 title: str = "ROI-consistency evaluation") -> Path:
+                 title: str = "ROI-consistency evaluation", audit_examples: list[dict] | None = None) -> Path:
     """Write the HTML report to `out_path` atomically and return its Path."""
     out = Path(out_path)
     r = float(metrics.get("keep_ratio", 0.1))
@@ -535,6 +586,7 @@ def write_report(out_path, metrics: Metrics, roc: dict, examples: list[dict],
         _by_size(metrics.get("localisation_by_size")),
         _leakage(metrics.get("leakage"), metrics.get("leakage_boxed")),
         _sanity(metrics.get("sanity")),
+        _confounders(metrics.get("confounders"), audit_examples or []),
         _calibration(metrics.get("calibration")),
         "<h2 id='examples'>Examples</h2>",
         "<p>Green: ground-truth boxes. Colour: the map (jet, red = high). White outline: the kept top-r region.</p>",

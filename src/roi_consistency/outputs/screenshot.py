@@ -13,7 +13,8 @@ from pathlib import Path
 from roi_consistency.errors import UserError
 from roi_consistency.files.atomic import atomic_write
 
-SECTIONS = ("headline", "auroc", "faithfulness", "localisation", "leakage", "sanity", "calibration", "examples")
+SECTIONS = ("headline", "auroc", "faithfulness", "localisation", "leakage", "sanity", "confounders", "calibration",
+            "examples")
 
 
 def find_chromium() -> str | None:
@@ -22,7 +23,7 @@ def find_chromium() -> str | None:
 
 def screenshot(html_path, png_path, width: int = 1280, height: int = 3000, section: str | None = None) -> Path:
     """Render `html_path` to a `width`x`height` PNG with headless Chromium and return the PNG's Path;
-    `section` (headline, auroc, faithfulness, localisation, leakage, examples) starts the view there."""
+    `section` (one of SECTIONS, the report's section ids) starts the view there."""
     exe = find_chromium()
     if exe is None:
         raise UserError("no Chromium found for the screenshot: install Debian's chromium package "

@@ -89,6 +89,6 @@ def _check_two_stage(cfg: TrainConfig) -> None:
         raise UserError(f"--epochs ({e}) and --mask-epochs ({me}) must be 0 or more, and not both 0")
     if e == 0 and not cfg.model.weights:
         raise UserError("--epochs 0 trains only the mask, against a classifier that must come from --weights "
-                        "(a checkpoint of this tool)")
+                        "(a checkpoint of this tool, or an exported folder)")
     if me and not any(cfg.method.loss_weights().values()):
         raise UserError("every mask term has weight 0 (--mode), so the mask stage would have nothing to learn")

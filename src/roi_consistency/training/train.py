@@ -223,6 +223,9 @@ def start(cfg: TrainConfig, given: set[str] | None) -> tuple[TrainConfig, Runtim
     rt = setup_runtime(cfg.run.device, cfg.run.bf16)
     ckpt = None
     if cfg.run.resume:
+        if Path(cfg.run.resume).is_dir():
+            raise UserError(f"--resume {cfg.run.resume} is an exported folder, which keeps no optimizer or position "
+                            f"to resume; start a new run from its classifier with --weights {cfg.run.resume}")
         ckpt = read_checkpoint(cfg.run.resume, "--resume")
         cfg = resume_config(cfg, ckpt, given, cfg.run.resume)
     check_config(cfg, given)
