@@ -22,7 +22,8 @@ PASSES = [("the passes over the test set, in all", "evaluation/passes.py", "eval
           ("  crop and drop with ROAD (the pair pass)", "evaluation/passes.py", "road_crop_drop"),
           ("  deletion/insertion curves", "evaluation/passes.py", "curve_pass"),
           ("  localisation", "evaluation/passes.py", "localisation_pass"),
-          ("randomisation check (--sanity)", "evaluation/sanity.py", "sanity_check"),
+          ("randomisation check (--sanity)", "evaluation/randomisation.py", "frozen_head_check"),
+          ("confounder audit (--confounders)", "evaluation/confounders.py", "audit"),
           ("  gallery.html cards", "outputs/gallery.py", "add"),
           ("gallery.html page", "outputs/gallery.py", "finish"),
           ("metrics and bootstrap", "evaluation/summary.py", "summarize"),
@@ -36,13 +37,14 @@ def main() -> None:
     ap.add_argument("--curve-images", type=int, default=32)
     ap.add_argument("--road-ratios", default="0.05,0.1,0.2")
     ap.add_argument("--no-sanity", action="store_true")
+    ap.add_argument("--confounders", default=None, help="a confounder file: profile the audit too")
     a = ap.parse_args()
     d = a.demo_dir
     prof, t0 = cProfile.Profile(), time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         prof.runcall(evaluate_checkpoint, a.checkpoint, f"{d}/csv/nih_roi_test.csv", f"{d}/phantom/images",
                      bbox=f"{d}/phantom/BBox_List_2017.csv", out_dir=out, cache=f"{d}/cache256", progress=False,
-                     sanity=not a.no_sanity, curve_images=a.curve_images,
+                     sanity=not a.no_sanity, curve_images=a.curve_images, confounders=a.confounders,
                      road_ratios=tuple(float(r) for r in a.road_ratios.split(",")))
     wall = time.perf_counter() - t0
     stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
@@ -50,7 +52,8 @@ def main() -> None:
           f"sanity {not a.no_sanity})")
     for label, suffix, name in PASSES:
         found = [v[3] for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name]
-        if not found and not (name == "sanity_check" and a.no_sanity):
+        skipped = (name == "frozen_head_check" and a.no_sanity) or (name == "audit" and not a.confounders)
+        if not found and not skipped:
             raise SystemExit(f"eval_profile: no function {name} in {suffix}: update PASSES to the code")
         ct = max(found, default=0.0)
         print(f"  {label:56s} {ct:7.1f} s  {ct / wall:6.1%}")

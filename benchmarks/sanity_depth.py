@@ -13,7 +13,7 @@ from roi_consistency.data.boxes import model_boxes
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import ImageCache
 from roi_consistency.evaluation.curves import sample_rows
-from roi_consistency.evaluation.sanity import sanity_check, sanity_pairs
+from roi_consistency.evaluation.randomisation import frozen_head_check, sanity_pairs
 from roi_consistency.model.trained import load_trained
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     boxes = model_boxes(ds, f"{d}/phantom/BBox_List_2017.csv", cfg.data.classes, size)
     rows = sample_rows(ds.labels, ds.names, boxes, a.images, a.seed + 5)[0]  # evaluate's draw of the check's images
     pairs = sanity_pairs(ds, rows, boxes, model, dev)
-    s = sanity_check(model, cfg.method.mode, pairs, seed=a.seed)
+    s = frozen_head_check(model, cfg.method.mode, pairs, seed=a.seed)
     print(f"{s['n_pairs']} pairs; median Spearman rho after each stage is randomised, cumulatively, top-down")
     print("| map | " + " | ".join(f"+ {n}" for n in s["stages"]) + " |")
     print("|---|" + "---|" * len(s["stages"]))

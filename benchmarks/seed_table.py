@@ -26,8 +26,8 @@ def figures(d: dict) -> dict:
         out[f"{label} L"], out[f"{label} G"] = get("learned"), get("gradcam")
     out["MoRF L−G"] = vs["road_morf"]["difference"]
     out["p (MoRF)"] = vs["road_morf"]["p"]
-    if d.get("sanity"):  # at the verdict's step (checks before judged_at existed stopped there)
-        s = d["sanity"]
+    if (d.get("sanity") or {}).get("frozen_head"):  # at the verdict's step (earlier checks stopped there)
+        s = d["sanity"]["frozen_head"]
         out["sanity ρ L"] = s["maps"]["learned"]["median"][s.get("judged_at", len(s["stages"])) - 1]
     return out
 

@@ -54,7 +54,8 @@ def _metrics(localisation=True):
                                      **{k: {t: {"pointing_game": 0.3333 if t == "small" else 1.0, "iobb_acc_0.1": 0.5}
                                             for t in ("small", "medium", "large")} for k in ("learned", "gradcam")}}
             if localisation else None, "leakage": leak,
-            "leakage_boxed": boxed if localisation else None, "curves": _curves(), "sanity": _sanity(),
+            "leakage_boxed": boxed if localisation else None, "curves": _curves(),
+            "sanity": {"frozen_head": _sanity(), "retrained_head": _retrained() if localisation else None},
             "calibration": _calibration(thresholds=localisation),
             "environment": {"trained": {"device": "cuda", "name": "GPU <x>", "processes": 2, "threads": 8,
                                         "torch": "2.11.0"} if localisation else None,
@@ -81,6 +82,15 @@ def _sanity():
             "edges": m([1.0, 1.0, 0.9876, 1.0, 1.0], False)}
     return {"stages": ["fc", "layer4", "layer3", "layer2", "layer1"], "judged_at": 3, "n_pairs": 12,
             "pass_below": 0.2, "randomised": "top <i>stages</i>", "maps": maps}
+
+
+def _retrained():
+    med = [0.41, 0.29, 0.2468]
+    stats = {"median": med, "median_ci95": [[v - 0.05, v + 0.05] for v in med], "median_abs": med,
+             "quartiles": [[v - 0.1, v + 0.1] for v in med], "constant_share": [0.0] * 3}
+    return {"stages": ["fc", "layer4", "layer3"], "judged_at": 3, "n_pairs": 12, "pass_below": 0.2,
+            "ceiling": {"median": 0.7531, "median_ci95": [0.7, 0.8], "median_abs": 0.7531, "quartiles": [0.6, 0.8]},
+            "learned": stats, "pass": False, "retrained": "the mask stage", "cost_s": 321.0, "mask_epochs": 1}
 
 
 def _calibration(thresholds=True):
@@ -156,6 +166,7 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "once the top 3 stages are random (after + layer3" in text and "+ layer1</th>" in text
     assert "<b>fail</b> (median |ρ| 0.99)" in text  # the verdict is read at the third step, not the last
     assert "Randomised: top &lt;i&gt;stages&lt;/i&gt;." in text
+    assert "The head retrained" in text and "0.75" in text and "0.25" in text and "321 s" in text  # and its ceiling
     assert "0.313" in text and "0.914" in text and "0.041" in text and "youden, chosen on val.csv" in text
     assert "By lesion size" in text and "1.23 % and 4.56 %" in text and "small (3 boxes)" in text and "0.333 /" in text
     assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text
@@ -173,6 +184,7 @@ def test_report_without_localisation(reports):
     assert "<title>No boxes</title>" in text
     assert "has no thresholds" in text and "roi-consistency calibrate" in text
     assert "Trained on (not recorded) · evaluated on Some CPU" in text  # a checkpoint from before it was recorded
+    assert "The head frozen" in text and "retrained-head cascade was not run" in text
 
 
 def _chromium_or_skip():

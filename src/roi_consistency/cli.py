@@ -236,6 +236,24 @@ def _calibrate(a: argparse.Namespace) -> None:
     print(f"written into {a.out or a.checkpoint}")
 
 
+def _sanity(a: argparse.Namespace) -> None:
+    """the randomisation check with the mask head retrained at each step
+
+    Randomise the classifier's top stages, one more at each step, retrain the mask stage against it with
+    the checkpoint's own settings, and compare its map with the original's on test pairs; a second mask
+    stage on the intact classifier with another seed gives the noise ceiling. Writes OUT/sanity.json and,
+    where it exists, OUT/metrics.json's sanity.retrained_head; run it before `evaluate` into the same
+    --out-dir to see both cascades in the report. Each step costs one mask stage of training.
+    """
+    from roi_consistency.evaluation.sanity import format_result, retrained_head_check
+    if a.steps < 1 or a.sanity_images < 1:
+        raise UserError(f"--steps {a.steps} / --sanity-images {a.sanity_images}: give at least 1 of each")
+    r = retrained_head_check(a.checkpoint, a.train_csv, a.val_csv, a.csv, a.image_root, a.out_dir, a.cache, a.steps,
+                             a.sanity_images, a.seed, a.workers, a.device, progress=not a.quiet)
+    print(format_result(r))
+    print(f"sanity: {a.out_dir}/sanity.json")
+
+
 def _export(a: argparse.Namespace) -> None:
     """write a shareable model folder (safetensors, no pickle)
 
@@ -393,9 +411,10 @@ def _add_evaluate(sub) -> None:
                    help="deletion/insertion curves (20 ratios, fill and ROAD) on N test images with a finding, drawn "
                         "with --seed; all: every one; 0: no curves (each finding costs ~80 forward passes per map)")
     e.add_argument("--sanity", action="store_true",
-                   help="also run the randomisation check: re-initialise the classifier's stages one by one, from the "
-                        "top down to the stem, and measure how much each map changes (a map that does not change "
-                        "ignores the model; the verdict is read after the top three)")
+                   help="also run the randomisation check with the head frozen: re-initialise the classifier's stages "
+                        "one by one, from the top down to the stem, and measure how much each map changes (a map "
+                        "that does not change ignores the model; the verdict is read after the top three). The "
+                        "check with the mask head retrained at each step is its own command, sanity")
     e.add_argument("--maps", default="learned,gradcam,random",
                    help="the maps to score, the learned one always first; also: attribution (the gradient x "
                         "(input - fill) the learned head reads), anomaly (|input - fill| smoothed, model-free), "
@@ -419,6 +438,23 @@ def _add_calibrate(sub) -> None:
     c.add_argument("--rule", choices=THRESHOLD_RULES, default="youden",
                    help="youden: the ROC point of largest sensitivity + specificity - 1; f1: the point of best F1")
     c.add_argument("--out", default=None, help="write a calibrated copy here instead of updating --checkpoint")
+
+
+def _add_sanity(sub) -> None:
+    s = _command(sub, "sanity", _sanity)
+    s.add_argument("--checkpoint", required=True, help="the checkpoint `train` wrote (its mask stage is retrained)")
+    s.add_argument("--train-csv", "--train_csv", required=True, help="the training CSV the mask stage trains on")
+    s.add_argument("--val-csv", "--val_csv", required=True, help="the validation CSV that picks its best epoch")
+    s.add_argument("--csv", required=True, help="test CSV (image,labels): the pairs the maps are compared on")
+    s.add_argument("--image-root", "--image_root", required=True, help="folder of the images of all three CSVs")
+    s.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
+    s.add_argument("--out-dir", default="eval", help="where sanity.json (and the retrained runs) go")
+    s.add_argument("--steps", type=int, default=3, help="stages randomised, top-down; the verdict is read at 3")
+    s.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) compared")
+    s.add_argument("--seed", type=int, default=0, help="seed of the randomisation and of the images drawn")
+    s.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of each retraining")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
+    s.add_argument("--quiet", action="store_true", help="no training output")
 
 
 def _add_export(sub) -> None:
@@ -453,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer(sub)
     _add_evaluate(sub)
     _add_calibrate(sub)
+    _add_sanity(sub)
     _add_export(sub)
     _add_screenshot(sub)
     return p

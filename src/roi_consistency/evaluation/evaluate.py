@@ -11,6 +11,7 @@ can be faithful and inside the box for that finding.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from roi_consistency.evaluation.confounders import audit, confounders_section, r
 from roi_consistency.evaluation.curves import sample_rows
 from roi_consistency.evaluation.explainers import build_explainers
 from roi_consistency.evaluation.passes import EvalOptions, evaluate_model
-from roi_consistency.evaluation.sanity import sanity_check, sanity_pairs
+from roi_consistency.evaluation.randomisation import frozen_head_check, sanity_pairs
 from roi_consistency.evaluation.schema import Metrics, judged_at, maps_of, ratio_key
 from roi_consistency.evaluation.summary import summarize
 from roi_consistency.files.atomic import write_json
@@ -58,7 +59,9 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, explainers(),
                       opt.gallery_limit) if opt.gallery else None
     t = evaluate_model(model, ds, boxes, explainers(), ratios, r0, opt, dev, gallery)
-    sanity = randomisation_check(model, cfg, ds, boxes, opt, dev) if opt.sanity else None
+    frozen = randomisation_check(model, cfg, ds, boxes, opt, dev) if opt.sanity else None
+    retrained = retrained_head(out, checkpoint)
+    sanity = {"frozen_head": frozen, "retrained_head": retrained} if frozen or retrained else None
     found = audit(model, ds, listed[0], explainers(), r0, opt.batch_size, opt.seed, opt.n_examples // 2) \
         if listed else None
     rows = t.drop_unscored()
@@ -76,11 +79,20 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     return result
 
 
+def retrained_head(out: Path, checkpoint: str) -> dict | None:
+    """The `sanity` command's result in out_dir, where it checked this checkpoint."""
+    path = out / "sanity.json"
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    return found["retrained_head"] if Path(found["checkpoint"]).resolve() == Path(checkpoint).resolve() else None
+
+
 def randomisation_check(model: ROIModel, cfg, ds: ImageCSVDataset, boxes: dict, opt: EvalOptions, dev):
     """metrics.json's sanity: the check on sanity_images test images with a finding or a box (None: none)."""
     pairs = sanity_pairs(ds, sample_rows(ds.labels, ds.names, boxes, opt.sanity_images, opt.seed + 5)[0], boxes,
                          model, dev)
-    return sanity_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
+    return frozen_head_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
 
 
 def format_summary(m: Metrics) -> str:
@@ -118,23 +130,36 @@ def format_summary(m: Metrics) -> str:
                      + ", ".join(f"{k} {cv['fill'][k]['deletion']['auc']:.3f}/{cv['fill'][k]['insertion']['auc']:.3f}"
                                  f" | {cv['road'][k]['deletion']['auc']:.3f}/{cv['road'][k]['insertion']['auc']:.3f}"
                                  for k in cv["fill"]))
-    san = m.get("sanity")
+    lines += sanity_lines(m.get("sanity")) + confounder_lines(m.get("confounders"))
+    return "\n".join(lines + calibration_lines(m.get("calibration")))
+
+
+def sanity_lines(sanity: dict | None) -> list[str]:
+    """Both cascades of the randomisation check, a line each."""
+    lines, san, r = [], (sanity or {}).get("frozen_head"), (sanity or {}).get("retrained_head")
     if san:
         j = judged_at(san)
         lines.append(f"  randomisation check ({san['n_pairs']} pairs, {' + '.join(san['stages'][:j])} randomised): "
                      + ", ".join(f"{k} median rho {v['median'][j - 1]:+.2f} {'pass' if v['pass'] else 'FAIL'}"
                                  f" ({v['median'][-1]:+.2f} with all {len(san['stages'])} stages random)"
                                  for k, v in san["maps"].items()))
-    lines += confounder_lines(m.get("confounders"))
-    cal = m.get("calibration")
+    if r:
+        lines.append(f"  the head retrained ({r['n_pairs']} pairs, ceiling {r['ceiling']['median']:+.2f}): learned "
+                     f"median rho {r['learned']['median'][r['judged_at'] - 1]:+.2f} after "
+                     f"{' + '.join(r['stages'][:r['judged_at']])}, {'pass' if r['pass'] else 'FAIL'}")
+    return lines
+
+
+def calibration_lines(cal: dict | None) -> list[str]:
     if cal:
         ops = [v for v in cal["per_class"].values() if v.get("sensitivity") is not None]
         sens, spec = (np.mean([v[k] for v in ops]) if ops else 0.0 for k in ("sensitivity", "specificity"))
         at = (f"; at the {cal['thresholds']['rule']} thresholds, mean sensitivity {sens:.3f}, specificity {spec:.3f}"
               if ops else "; no thresholds in the checkpoint (roi-consistency calibrate)")
-        lines.append(f"  calibration: mean ECE {fmt(cal['mean_ece'])} over the {len(cal.get('mean_ece_over', []))} "
-                     f"findings with positives ({cal['bins']} bins){at}")
-    return "\n".join(lines)
+        mean = "n/a" if cal["mean_ece"] is None else f"{cal['mean_ece']:.4f}"
+        return [f"  calibration: mean ECE {mean} over the {len(cal.get('mean_ece_over', []))} findings with "
+                f"positives ({cal['bins']} bins){at}"]
+    return []
 
 
 def confounder_lines(cf: dict | None) -> list[str]:

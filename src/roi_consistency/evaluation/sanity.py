@@ -1,136 +1,171 @@
-"""The randomisation check (Adebayo et al. 2018, "Sanity checks for saliency maps"): does a map depend on
-the model? A map that survives the model's weights being replaced by random ones explains the image,
-not the model; Arun et al. (2021) found most saliency methods on chest films fail it.
+"""The `sanity` command: the randomisation check with the mask head retrained, the version of the check
+that is fair to a trained explainer (randomisation.py explains both cascades).
 
-    roi-consistency evaluate ... --sanity
+    roi-consistency sanity --checkpoint ck.pt --train-csv train.csv --val-csv val.csv --csv test.csv \
+        --image-root images --out-dir eval
 
-The classifier's stages are re-initialised top-down, cumulatively (the head, then the last stage too,
-then the one below, ...), and after each step every map is drawn again on the same (image, finding)
-pairs. Each map's Spearman rank correlation with its original, per pair over pixels, should fall
-towards 0: the map passes when the median is below PASS_BELOW once the top JUDGED stages are random.
-The cascade goes on to the stem, so the steps after the verdict show how far down a map's dependence
-on the trained weights reaches (a map can fail at the top and fall to 0 only when the low stages are
-random too; EXPERIMENTS.md round 9). The median of |rho| is reported beside it: two unrelated maps of
-the same film share some of its anatomy, either way round, so |rho| has a floor above 0 that the
-signed median does not. Ties get their average rank, so Grad-CAM's zero plateaus count as one rank;
-a map that turns constant correlates with nothing and counts 0.
+For each step k of the cascade, to the judged depth: the classifier's top k stages are randomised as the
+frozen-head check randomises them; the mask stage is trained again from its first step, with the
+checkpoint's own settings, initial head and data order, against that classifier (a `train --resume` of a
+checkpoint whose mask stage has not begun, in a process of its own); and its maps of the test pairs are
+compared with the original learned map's. A second mask stage on the intact classifier, with another seed,
+gives the noise ceiling: how alike two trainings of the head are when nothing was randomised. The map
+passes when the median rho at the judged depth is below PASS_BELOW and below half the ceiling.
 
-The learned map is the mask head reading the classifier's features and its gradient. What is
-randomised under it is the classifier; the head keeps its trained weights. That is the question the
-check asks: is the learned map the classifier's evidence, or a pattern the head draws whatever the
-classifier computes? (A head re-initialised too would fail nothing but itself.) The edge map (image
-gradients, no model at all) is the control that must fail.
+Writes OUT/sanity.json, and its result into OUT/metrics.json's sanity.retrained_head when that exists;
+`evaluate` reads OUT/sanity.json too, so running `sanity` first puts both cascades in the report.
 """
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from roi_consistency.data.dataset import ImageCSVDataset
-from roi_consistency.evaluation.explainers import Edges, GradCAM, Learned, Pairs
-from roi_consistency.model.network import ROIModel
-
-PASS_BELOW = 0.2  # the median Spearman correlation a map must fall below once the top stages are random
-JUDGED = 3  # ... that is, once this many stages, top-down, are random
-
-
-def cascade_stages(backbone: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The classifier's stages with parameters, top (the head) first; a `features` sequence counts as its
-    own stages (ConvNeXt, DenseNet, EfficientNet), ResNet's layers as theirs."""
-    stages = []
-    for name, child in backbone.named_children():
-        parts = child.named_children() if name == "features" else [(None, child)]
-        for sub, module in parts:
-            if any(True for _ in module.parameters()):
-                stages.append((name if sub is None else f"{name}.{sub}", module))
-    return stages[::-1]
-
-
-@torch.no_grad()
-def randomise(module: torch.nn.Module, seed: int) -> None:
-    """Re-initialise every layer of the module with PyTorch's default initialisation (`reset_parameters`,
-    running statistics included), seeded, without touching the caller's random state. A parameter with
-    no reset of its own (ConvNeXt's layer scale) keeps its trained value, so a random block still adds
-    its output at the trained scale instead of vanishing."""
-    cuda = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        for m in module.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+from roi_consistency.data.images import ImageCache
+from roi_consistency.errors import UserError
+from roi_consistency.evaluation.curves import sample_rows
+from roi_consistency.evaluation.explainers import Learned
+from roi_consistency.evaluation.randomisation import (
+    JUDGED,
+    PASS_BELOW,
+    cascade_stages,
+    draw,
+    randomise,
+    sanity_pairs,
+    spearman,
+    step_stats,
+)
+from roi_consistency.evaluation.schema import upgraded
+from roi_consistency.files.atomic import write_json
+from roi_consistency.files.checkpoint import best_path, read_checkpoint, save_checkpoint
+from roi_consistency.model.config import TrainConfig
+from roi_consistency.model.network import build_model
+from roi_consistency.model.trained import load_trained, restore
+from roi_consistency.runtime import pick_device
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """Per pair, the rank correlation of two maps [P,1,H,W] over pixels (0 where either is constant)."""
-    ra = rankdata(a.flatten(1).float().cpu().numpy(), axis=1)
-    rb = rankdata(b.flatten(1).float().cpu().numpy(), axis=1)
-    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (ra * rb).sum(1) / den, 0.0)
+def fresh_mask_stage(ckpt: dict, backbone: torch.nn.Module, seed: int) -> dict:
+    """The checkpoint with `backbone` as its classifier, its mask stage not yet begun, and the mask network
+    at its initial weights under `seed` (the original's, for the original seed: build_model draws the
+    backbone, then the head, under it); resuming it trains the mask stage from its first step."""
+    config = copy.deepcopy(ckpt["config"])
+    config["optim"]["seed"] = seed
+    cfg = TrainConfig.from_dict(config)
+    torch.manual_seed(seed)
+    head = build_model(cfg.model, cfg.method, len(cfg.data.classes)).mask_net
+    return {**ckpt, "config": config, "backbone": {k: v.contiguous() for k, v in backbone.state_dict().items()},
+            "mask_net": head.state_dict(), "stage": "classifier",
+            "progress": {"classifier": ckpt["progress"]["classifier"]}, "optim": {}, "history": [], "best": None,
+            "thresholds": None}
 
 
-def explainers_of(model, mode: str) -> list:
-    """The maps the check redraws: the learned one (not for the random-mask control), Grad-CAM, and the
-    model-free edge control."""
-    return ([] if mode == "random_mask" else [Learned(model)]) + [GradCAM(model), Edges(model)]
+def retrain(state: dict, work: Path, data: list[str], progress: bool) -> Path:
+    """Train the mask stage of `state` in a process of its own (`roi-consistency train --resume`); returns
+    the best checkpoint it writes."""
+    work.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(state, work / "start.pt")
+    cmd = [sys.executable, "-m", "roi_consistency", "train", "--resume", str(work / "start.pt"), "--save",
+           str(work / "ck.pt"), *data]
+    done = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        raise UserError(f"sanity: retraining the mask stage in {work} failed (exit {done.returncode}): "
+                        f"{(done.stdout or '').strip().splitlines()[-1:] or 'see the output above'}")
+    return best_path(work / "ck.pt")
 
 
-def _median_ci(v: np.ndarray, rng: np.random.Generator, n: int = 1000) -> list[float]:
-    boot = np.median(v[rng.integers(0, len(v), (n, len(v)))], axis=1)
-    return [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+def check_checkpoint(ckpt: dict, checkpoint: str) -> None:
+    if ckpt["config"]["method"].get("objective") != "two_stage" or "classifier" not in ckpt.get("progress", {}):
+        raise UserError(f"--checkpoint {checkpoint}: the retrained-head check needs a two-stage checkpoint whose "
+                        "classifier stage finished (the reference, --preset seed, has no mask stage of its own)")
+    if not ckpt["config"]["run"].get("mask_epochs"):
+        raise UserError(f"--checkpoint {checkpoint}: trained without a mask stage (--mask-epochs 0)")
 
 
-def draw(explainer, pairs: Pairs, chunk: int) -> torch.Tensor:
-    """The explainer's maps of every pair, `chunk` pairs at a time (Grad-CAM and the learned map backpropagate)."""
-    return torch.cat([explainer(Pairs(pairs.xn[s:s + chunk], pairs.cls[s:s + chunk], pairs.boxes[s:s + chunk]))
-                      .detach().cpu() for s in range(0, len(pairs), chunk)])
+def retrained_head_check(checkpoint: str, train_csv: str, val_csv: str, csv: str, image_root: str,
+                         out_dir: str = "eval", cache: str | None = None, steps: int = JUDGED, images: int = 64,
+                         seed: int = 0, workers: int = 2, device: str = "auto", progress: bool = True) -> dict:
+    """Run the cascade with the head retrained at each step; write OUT/sanity.json (and into OUT/metrics.json
+    when there is one); return sanity.retrained_head."""
+    if Path(checkpoint).is_dir():
+        raise UserError(f"--checkpoint {checkpoint} is an exported folder; the check retrains the mask stage, and "
+                        "needs the checkpoint `train` wrote")
+    ckpt = read_checkpoint(checkpoint)
+    check_checkpoint(ckpt, checkpoint)
+    dev = pick_device(device)
+    model, cfg = restore(ckpt, checkpoint, dev)
+    pairs = test_pairs(model, cfg, csv, image_root, cache, images, seed, dev)
+    data = ["--train-csv", train_csv, "--val-csv", val_csv, "--image-root", image_root, "--workers", str(workers),
+            "--device", device, *(["--cache", cache] if cache else [])]
+    out, t0 = Path(out_dir), time.perf_counter()
+    original = draw(Learned(model), pairs, 16)
+    stages = cascade_stages(copy.deepcopy(model).backbone)[:steps]
+    rho, constant = [], []
+    for k in range(len(stages) + 1):  # k = 0: the ceiling, the intact classifier with another seed
+        backbone = copy.deepcopy(model.backbone).cpu()
+        for i, (_, module) in enumerate(cascade_stages(backbone)[:k]):
+            randomise(module, seed + i)  # the frozen-head check's randomisation, step for step
+        run_seed = cfg.optim.seed + 1 if k == 0 else cfg.optim.seed
+        best = retrain(fresh_mask_stage(ckpt, backbone, run_seed), out / "sanity" / f"step{k}", data, progress)
+        maps = draw(Learned(load_trained(best, dev)[0]), pairs, 16)
+        rho.append(spearman(original, maps))
+        constant.append(float((maps.flatten(1).std(1) == 0).float().mean()))
+    result = verdict(rho, constant, [n for n, _ in stages], len(pairs), seed)
+    result.update(cost_s=round(time.perf_counter() - t0, 1), mask_epochs=cfg.run.mask_epochs)
+    publish(out, checkpoint, result)
+    return result
 
 
-def sanity_check(model, mode: str, pairs: Pairs, steps: int | None = None, seed: int = 0, chunk: int = 16) -> dict:
-    """metrics.json's sanity: the stages randomised (the first `steps`, None: all), and per map at each step
-    the median correlation (with its 95 % bootstrap interval over pairs), the median of its absolute value,
-    the quartiles and the share of constant maps; and pass or fail once JUDGED stages are random (`judged_at`)."""
-    copy_ = copy.deepcopy(model).eval()
-    stages = cascade_stages(copy_.backbone)[:steps]
+def test_pairs(model, cfg, csv: str, image_root: str, cache: str | None, images: int, seed: int, dev):
+    """The pairs evaluate's frozen-head check draws, for the same --seed (its images with a finding)."""
+    size = cfg.model.img_size
+    ds = ImageCSVDataset(csv, image_root, size, cfg.data.classes, cache=ImageCache(cache, size) if cache else None)
+    if not ds.has_labels:
+        raise UserError(f"{csv}: the check needs a labels column")
+    rows = sample_rows(ds.labels, ds.names, {}, images, seed + 5)[0]
+    pairs = sanity_pairs(ds, rows, {}, model, dev)
+    if pairs is None:
+        raise UserError(f"{csv}: no image with a finding to explain")
+    return pairs
+
+
+def verdict(rho: list[np.ndarray], constant: list[float], stages: list[str], n_pairs: int, seed: int) -> dict:
+    """sanity.retrained_head: per step the statistics of rho with the original map, the ceiling, the verdict."""
+    stats = step_stats(rho, np.random.default_rng(seed))
+    ceiling = {k: v[0] for k, v in stats.items()}
+    steps = {k: v[1:] for k, v in stats.items()}
     judged = min(JUDGED, len(stages))
-    original = {e.name: draw(e, pairs, chunk) for e in explainers_of(copy_, mode)}
-    rho = {k: [] for k in original}
-    constant = {k: [] for k in original}
-    for i, (_, module) in enumerate(stages):
-        randomise(module, seed + i)
-        for e in explainers_of(copy_, mode):
-            m = draw(e, pairs, chunk)
-            rho[e.name].append(spearman(original[e.name], m))
-            constant[e.name].append(float((m.flatten(1).std(1) == 0).float().mean()))
-    rng = np.random.default_rng(seed)
-    maps = {}
-    for k, per_step in rho.items():
-        med = [float(np.median(v)) for v in per_step]
-        absolute = [float(np.median(np.abs(v))) for v in per_step]
-        maps[k] = {"median": med, "median_ci95": [_median_ci(v, rng) for v in per_step], "median_abs": absolute,
-                   "quartiles": [[float(q) for q in np.percentile(v, [25, 75])] for v in per_step],
-                   "constant_share": constant[k], "pass": bool(med and med[judged - 1] < PASS_BELOW)}
-    return {"stages": [n for n, _ in stages], "judged_at": judged, "n_pairs": len(pairs),
-            "pass_below": PASS_BELOW, "maps": maps,
-            "randomised": "the classifier's stages, top-down and cumulatively; the learned map's mask head keeps "
-                          "its trained weights (it reads the classifier's features and gradient)"}
+    at = steps["median"][judged - 1] if judged else None
+    return {"stages": stages, "judged_at": judged, "n_pairs": n_pairs, "pass_below": PASS_BELOW,
+            "ceiling": ceiling, "learned": {**steps, "constant_share": constant[1:]},
+            "pass": bool(at is not None and at < PASS_BELOW and at < ceiling["median"] / 2),
+            "retrained": "the mask stage, from its first step, with the checkpoint's settings, initial head and "
+                         "data order, against the classifier randomised top-down; the ceiling: a second mask "
+                         "stage on the intact classifier with the next seed"}
 
 
-def sanity_pairs(ds: ImageCSVDataset, rows: np.ndarray, boxes: dict, model: ROIModel, device) -> Pairs | None:
-    """One (image, finding) pair per image of `rows`: its first true finding, else its first boxed one
-    (None when there is none to draw: no finding in the test set, or every such image bad)."""
-    xs, cls = [], []
-    for i in rows.tolist():
-        x, y, idx = ds[i]
-        if idx < 0:  # bad, skipped
-            continue
-        found = np.flatnonzero(y.numpy() > 0.5)
-        cls.append(int(found[0]) if len(found) else ds.classes.index(boxes[ds.names[i]][0][0]))
-        xs.append(x)
-    if not xs:
-        return None
-    return Pairs(model.normalize(torch.stack(xs).to(device)), torch.tensor(cls, device=device), [[] for _ in cls])
+def publish(out: Path, checkpoint: str, result: dict) -> None:
+    """OUT/sanity.json, and OUT/metrics.json's sanity.retrained_head when metrics.json is there."""
+    write_json(out / "sanity.json", {"checkpoint": str(checkpoint), "retrained_head": result})
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        m = upgraded(json.loads(metrics.read_text()))
+        m["sanity"] = {"frozen_head": (m.get("sanity") or {}).get("frozen_head"), "retrained_head": result}
+        write_json(metrics, m)
+
+
+def format_result(r: dict) -> str:
+    j = r["judged_at"]
+    lines = [f"retrained-head check ({r['n_pairs']} pairs, {r['mask_epochs']} mask epoch(s) per step, "
+             f"{r['cost_s']:.0f} s): median rho of the learned map with its original",
+             f"  ceiling (intact classifier, another seed): {r['ceiling']['median']:+.2f}"]
+    lines += [f"  + {s:10s} {m:+.2f}" for s, m in zip(r["stages"], r["learned"]["median"])]
+    lines.append(f"  verdict after {j} stage(s): {'pass' if r['pass'] else 'FAIL'} (below {r['pass_below']:g} and "
+                 "below half the ceiling)")
+    return "\n".join(lines)

@@ -29,9 +29,13 @@ def ratio_key(r: float) -> str:
 
 
 def upgraded(metrics: dict) -> dict:
-    """A metrics.json written before localisation was spelt so (781dd0e) read as this schema names it."""
+    """A metrics.json of an earlier version read as this schema names it: localisation was spelt
+    localization (before 781dd0e), and sanity held the frozen-head check alone."""
     old = {"localization": "localisation", "localization_by_size": "localisation_by_size"}
-    return {old.get(k, k): v for k, v in metrics.items()}
+    m = {old.get(k, k): v for k, v in metrics.items()}
+    if (m.get("sanity") or {}).get("stages"):
+        m["sanity"] = {"frozen_head": m["sanity"], "retrained_head": None}
+    return m
 
 
 def maps_of(metrics: dict) -> tuple[str, ...]:
@@ -126,7 +130,7 @@ class Calibration(TypedDict, total=False):
     warning: str
 
 
-class Sanity(TypedDict):
+class FrozenHead(TypedDict):
     stages: list  # the classifier's stages randomised, top-down, cumulatively
     judged_at: int  # the verdict is read once this many are random
     n_pairs: int
@@ -134,6 +138,23 @@ class Sanity(TypedDict):
     maps: dict  # {map: {"median", "median_ci95", "median_abs", "quartiles", "constant_share": per step,
     #              "pass": bool}}
     randomised: str
+
+
+class RetrainedHead(TypedDict):
+    stages: list  # the top stages randomised, cumulatively, to the judged depth
+    judged_at: int
+    n_pairs: int
+    pass_below: float
+    ceiling: dict  # the rho statistics of a second mask stage on the intact classifier, another seed
+    learned: dict  # per step: "median", "median_ci95", "median_abs", "quartiles", "constant_share"
+    retrained: str
+    cost_s: float
+    mask_epochs: int
+
+
+class Sanity(TypedDict):
+    frozen_head: Optional[FrozenHead]  # evaluate --sanity (randomisation.py)
+    retrained_head: Optional[RetrainedHead]  # the sanity command (sanity.py)
 
 
 class ConfounderSet(TypedDict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from roi_consistency.evaluation.schema import Metrics, ratio_key
+from roi_consistency.evaluation.schema import Metrics, judged_at, ratio_key
 from roi_consistency.model.config import TrainConfig
 from roi_consistency.runtime import environment_line
 
@@ -57,11 +57,18 @@ def evaluation_section(m: Metrics, source: str) -> list[str]:
               "removed (filled with the model's fill); sufficiency: how much it falls when only that region is kept; "
               "ROAD MoRF: comprehensiveness with the removed pixels imputed from their neighbours instead; pointing "
               "game: the share of ground-truth boxes that hold the map's maximum. Definitions: docs/evaluation.md."]
-    san, cal = m.get("sanity"), m.get("calibration")
-    if san:
-        top = san.get("judged_at") or len(san["stages"])
-        lines += ["", f"Randomisation check (the classifier's top {top} stages re-initialised): " + ", ".join(
-            f"{k} {'passes' if v['pass'] else 'fails'}" for k, v in san["maps"].items()) + "."]
+    sanity, cal = m.get("sanity") or {}, m.get("calibration")
+    if sanity.get("frozen_head"):
+        san = sanity["frozen_head"]
+        lines += ["", f"Randomisation check, the mask head frozen (the classifier's top {judged_at(san)} stages "
+                  "re-initialised): " + ", ".join(f"{k} {'passes' if v['pass'] else 'fails'}"
+                                                   for k, v in san["maps"].items()) + "."]
+    if sanity.get("retrained_head"):
+        r = sanity["retrained_head"]
+        rho = r["learned"]["median"][r["judged_at"] - 1]
+        lines += ["", f"Randomisation check, the mask head retrained at each step: the learned map "
+                  f"{'passes' if r['pass'] else 'fails'} (median rho {rho:+.2f}, ceiling "
+                  f"{r['ceiling']['median']:+.2f})."]
     if cal:
         lines += ["", f"Calibration: mean expected calibration error {_f(cal['mean_ece'])} over the findings with "
                   f"positives in the test set ({cal['bins']} bins)."]

@@ -415,7 +415,40 @@ def _sanity_figure(san: dict) -> str:
     return _png(fig)
 
 
-def _sanity(san: dict | None) -> str:
+def _sanity(sanity: dict | None) -> str:
+    """Both cascades of the randomisation check, where they were run."""
+    if not sanity:
+        return ""
+    return ("<h2 id='sanity'>Sanity: the randomisation check</h2>" + _frozen_head(sanity.get("frozen_head"))
+            + _retrained_head(sanity.get("retrained_head")))
+
+
+def _retrained_head(r: dict | None) -> str:
+    if not r:
+        return ("<p>The retrained-head cascade was not run: <code>roi-consistency sanity</code> before "
+                "<code>evaluate</code>, into the same <code>--out-dir</code>, adds it here.</p>")
+    j = r["judged_at"]
+    learned = r["learned"]
+    cells, head = _rho_cells(learned, 2), _stage_heads(r["stages"])
+    return ("<h3>The head retrained</h3><p>At each step the mask stage is trained again, from its first step and "
+            "with the checkpoint's settings, against the randomised classifier, and its map compared with the "
+            f"original on {r['n_pairs']} pairs; the ceiling is a second mask stage on the intact classifier with "
+            f"another seed. The map passes when the median ρ after + {_esc(r['stages'][j - 1])} is below "
+            f"{r['pass_below']:g} and below half the ceiling. {r['mask_epochs']} mask epoch(s) a step; "
+            f"{r['cost_s']:.0f} s in all.</p><table><tr><th>map</th><th>ceiling</th>{head}<th>verdict</th></tr>"
+            f"<tr><td>learned</td><td>{_fmt(r['ceiling']['median'], 2)}{_ci(r['ceiling']['median_ci95'])}</td>"
+            f"{cells}<td>{'pass' if r['pass'] else '<b>fail</b>'}</td></tr></table>")
+
+
+def _rho_cells(v: dict, digits: int = 3) -> str:
+    return "".join(f"<td>{_fmt(m, digits)}{_ci(c)}</td>" for m, c in zip(v["median"], v["median_ci95"]))
+
+
+def _stage_heads(stages: list[str]) -> str:
+    return "".join(f"<th>+ {_esc(n)}</th>" for n in stages)
+
+
+def _frozen_head(san: dict | None) -> str:
     if not san:
         return ""
     j = judged_at(san)
@@ -423,11 +456,10 @@ def _sanity(san: dict | None) -> str:
     def verdict(v: dict) -> str:
         at = (v.get("median_abs") or [None] * j)[j - 1]
         return f"{'pass' if v['pass'] else '<b>fail</b>'} (median |ρ| {_fmt(at, 2)})"
-    rows = "".join(f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_fmt(m)}{_ci(c)}</td>" for m, c in
-                                                     zip(v["median"], v["median_ci95"]))
-                   + f"<td>{verdict(v)}</td></tr>" for k, v in san["maps"].items())
-    head = "".join(f"<th>+ {_esc(n)}</th>" for n in san["stages"])
-    return ("<h2 id='sanity'>Sanity: the randomisation check</h2><p>Does the map depend on the model? The "
+    rows = "".join(f"<tr><td>{_esc(k)}</td>{_rho_cells(v)}<td>{verdict(v)}</td></tr>"
+                   for k, v in san["maps"].items())
+    head = _stage_heads(san["stages"])
+    return ("<h3>The head frozen</h3><p>Does the map depend on the model? The "
             "classifier's stages are re-initialised top-down, cumulatively, and each map is drawn again on "
             f"{san['n_pairs']} (image, finding) pairs; a map that hardly changes explains the image, not the model "
             f"(Adebayo et al. 2018). Cells: the median Spearman correlation with the original after each step, "
@@ -473,7 +505,7 @@ def _confounder_tables(cf: dict) -> str:
         f"<td>{_fmt(m[x]['mean'])}{_ci(m[x]['ci95'])}</td>" for x in CONFOUNDER_MEASURES)
         + "</tr>" for k, v in cf["sets"].items() if v["n_pairs"] for name, m in v["maps"].items())
     maps = ("<table><tr><th>pairs</th><th>map</th><th>pointing</th><th>pointing, within "
-            f"{100 * cf['tolerance']:.1f} % of the side</th><th>share ↑ where relied on</th><th>energy</th></tr>")
+            f"{100 * cf['tolerance']:.1f} % of the side</th><th>share</th><th>energy</th></tr>")
     return head + rows + "</table>" + maps + cells + "</table>"
 
 

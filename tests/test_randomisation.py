@@ -1,4 +1,6 @@
 """The randomisation check: a map that ignores the model fails it, Grad-CAM passes it."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,13 @@ import torchvision
 
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.evaluation.evaluate import evaluate_checkpoint
-from roi_consistency.evaluation.sanity import cascade_stages, randomise, sanity_check, sanity_pairs, spearman
+from roi_consistency.evaluation.randomisation import (
+    cascade_stages,
+    frozen_head_check,
+    randomise,
+    sanity_pairs,
+    spearman,
+)
 from roi_consistency.model.trained import load_trained
 
 
@@ -39,7 +47,7 @@ def test_edges_fail_and_gradcam_passes_and_the_model_is_left_as_trained(trained6
     ds = ImageCSVDataset(phantom64["test"], phantom64["images"], cfg.model.img_size, cfg.data.classes)
     rows = np.flatnonzero((ds.labels > 0.5).any(1))[:24]
     pairs = sanity_pairs(ds, rows, {}, model, torch.device("cpu"))
-    s = sanity_check(model, cfg.method.mode, pairs, steps=3, seed=0, chunk=8)
+    s = frozen_head_check(model, cfg.method.mode, pairs, steps=3, seed=0, chunk=8)
     assert s["stages"] == ["fc", "layer4", "layer3"] and s["n_pairs"] == len(rows)
     edges, cam, learned = (s["maps"][k] for k in ("edges", "gradcam", "learned"))
     assert edges["median_abs"] == pytest.approx([1.0, 1.0, 1.0]) and not edges["pass"]
@@ -54,7 +62,8 @@ def test_evaluate_sanity_writes_the_check_into_metrics_and_the_report(trained64,
     m = evaluate_checkpoint(str(trained64), str(phantom64["test"]), str(phantom64["images"]), out_dir=str(tmp_path),
                             keep_ratios=(0.1,), road_ratios=(0.1,), curve_images=16, sanity=True, sanity_images=12,
                             n_examples=1, workers=0, progress=False)
-    san = m["sanity"]
+    assert m["sanity"]["retrained_head"] is None  # no `sanity` command ran into this folder
+    san = m["sanity"]["frozen_head"]
     assert san["n_pairs"] == 12 and set(san["maps"]) == {"learned", "gradcam", "edges"}
     # down to the stem; the verdict is read once the top three stages are random
     assert san["stages"] == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"] and san["judged_at"] == 3
@@ -63,3 +72,27 @@ def test_evaluate_sanity_writes_the_check_into_metrics_and_the_report(trained64,
     assert m["curves"]["n_images"] == 16
     html = (tmp_path / "report.html").read_text()
     assert "id='sanity'" in html and "randomisation check" in html
+
+
+def test_the_sanity_command_retrains_the_head_at_each_step_and_against_a_ceiling(trained64, phantom64, tmp_path,
+                                                                                 capsys):
+    from roi_consistency import cli
+    (tmp_path / "metrics.json").write_text(json.dumps({"n_images": 1, "sanity": None}))  # an evaluation there
+    cli.main(["sanity", "--checkpoint", str(trained64), "--train-csv", str(phantom64["val"]), "--val-csv",  # small
+              str(phantom64["val"]), "--csv", str(phantom64["test"]), "--image-root", str(phantom64["images"]),
+              "--out-dir", str(tmp_path), "--steps", "2", "--sanity-images", "8", "--workers", "0", "--quiet"])
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "sanity.json").read_text())["retrained_head"]
+    assert r["stages"] == ["fc", "layer4"] and r["judged_at"] == 2 and r["n_pairs"] == 8
+    assert len(r["learned"]["median"]) == 2 and -1 <= r["ceiling"]["median"] <= 1
+    at = r["learned"]["median"][1]
+    assert r["pass"] == (at < r["pass_below"] and at < r["ceiling"]["median"] / 2)
+    for k in range(3):  # the ceiling, then each step: a mask stage trained from its first step
+        ck = torch.load(tmp_path / "sanity" / f"step{k}" / "ck.pt", weights_only=True)
+        assert ck["stage"] == "mask" and ck["progress"]["mask"]["epoch"] == 1 and len(ck["history"]) == 1
+    first = torch.load(tmp_path / "sanity" / "step1" / "start.pt", weights_only=True)
+    given = torch.load(trained64, weights_only=True)
+    assert not torch.equal(first["backbone"]["fc.weight"], given["backbone"]["fc.weight"])  # fc randomised
+    assert torch.equal(first["backbone"]["layer4.0.conv1.weight"], given["backbone"]["layer4.0.conv1.weight"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["sanity"]["retrained_head"] == r
+    assert "retrained-head check" in out and "ceiling" in out
