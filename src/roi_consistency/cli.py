@@ -28,6 +28,13 @@ class HELP(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it and where to look, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the flags)\n")
+
+
 TRAIN_EXAMPLE = ("example: roi-consistency train --preset cpu-demo --train-csv runs/demo/csv/nih_roi_train.csv "
                  "--val-csv runs/demo/csv/nih_roi_val.csv --image-root runs/demo/phantom/images")
 CHECKPOINT_HELP = "a checkpoint written by `roi-consistency train`, or a folder written by `export`"
@@ -475,7 +482,7 @@ def _add_screenshot(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="roi-consistency",
         description="Train a chest X-ray classifier on NIH ChestX-ray14 with a learned region-of-interest "
                     "mask, and measure whether the model relies on the region it highlights.",

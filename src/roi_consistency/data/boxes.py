@@ -1,7 +1,7 @@
 """Ground-truth boxes (BBox_List_2017.csv's layout): read, and scaled to the model's input pixels."""
 from __future__ import annotations
 
-import csv
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,6 +10,7 @@ from PIL import Image
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.labels import LabelError, canonical
 from roi_consistency.errors import UserError
+from roi_consistency.files.text import csv_rows
 
 Box = tuple[str, float, float, float, float]  # finding, x, y, w, h
 
@@ -18,16 +19,19 @@ def read_boxes(path: str | Path) -> dict[str, list[Box]]:
     """BBox_List_2017.csv -> {image: [(finding, x, y, w, h)]} in the PNG's own pixels. Only the first
     six fields of a row are read (the header has three empty trailing names)."""
     boxes = defaultdict(list)
-    with open(path, newline="") as fh:
-        rows = csv.reader(fh)
-        next(rows, None)
-        for line_no, row in enumerate(rows, start=2):
-            if not row or not row[0].strip():
-                continue
-            try:
-                boxes[row[0].strip()].append((canonical(row[1]), *map(float, row[2:6])))
-            except (LabelError, ValueError, IndexError) as exc:
-                raise UserError(f"{path} line {line_no}: {exc}") from None
+    rows = csv_rows(path, "box list")
+    next(rows, None)
+    for line_no, row in rows:
+        if not row[0].strip():
+            continue
+        try:
+            finding, (x, y, w, h) = canonical(row[1]), map(float, row[2:6])
+        except (LabelError, ValueError, IndexError) as exc:
+            raise UserError(f"{path} line {line_no}: {exc}; expected Image Index,Finding Label,x,y,w,h") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+            raise UserError(f"{path} line {line_no}: box {x:g},{y:g},{w:g},{h:g} is not a box; give x,y,w,h in "
+                            "the image's pixels, with w and h above 0")
+        boxes[row[0].strip()].append((finding, x, y, w, h))
     return dict(boxes)
 
 
@@ -38,15 +42,20 @@ def scale_box(box, src_size: tuple[int, int], dst: int):
     return (x * sx, y * sy, w * sx, h * sy)
 
 
-def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int) -> dict[str, list[Box]]:
+def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int, source: str) -> dict[str, list[Box]]:
     """Boxes in each file's own pixels, scaled to the model's size x size input: the file's size comes from
-    the cache's index where there is one, else the image header."""
+    the cache's index where there is one, else the image header. A box outside its image is an error
+    naming `source`, the box list."""
     out = {}
     for name, bxs in boxes.items():
         src = ds.cache.source_size(name) if ds.cache is not None else None
         if src is None:
             with Image.open(ds.root / name) as im:
                 src = im.size
+        for f, x, y, w, h in bxs:
+            if x >= src[0] or y >= src[1] or x + w <= 0 or y + h <= 0:
+                raise UserError(f"{source}: the {f} box of {name} ({x:g},{y:g},{w:g},{h:g}) lies outside the image "
+                                f"({src[0]}x{src[1]} px); boxes are in the image's own pixels")
         out[name] = [(b[0], *scale_box(b[1:], src, size)) for b in bxs]
     return out
 
@@ -58,4 +67,4 @@ def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size:
         return {}
     wanted = set(ds.names)
     boxes = {n: [b for b in bxs if b[0] in classes] for n, bxs in read_boxes(bbox).items() if n in wanted}
-    return to_model_pixels(ds, {n: bxs for n, bxs in boxes.items() if bxs}, size)
+    return to_model_pixels(ds, {n: bxs for n, bxs in boxes.items() if bxs}, size, f"--bbox {bbox}")

@@ -4,9 +4,9 @@ and the sampler that makes a run's batches the same on resume.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from roi_consistency.data.images import load_image
 from roi_consistency.data.labels import LabelError, parse_labels
 from roi_consistency.data.preflight import preflight
 from roi_consistency.errors import UserError
+from roi_consistency.files.text import read_table
 
 MIX = 0x9E3779B1  # spreads (seed, epoch, index) into well-separated generator seeds
 
@@ -29,6 +30,9 @@ def image_name(text: str | None, csv_path: Path, line_no: int) -> str:
     name = (text or "").strip()
     if not name:
         raise UserError(f"{csv_path} line {line_no}: empty image name")
+    if any(ch in name for ch in "\r\n\t\0"):
+        raise UserError(f"{csv_path} line {line_no}: image {name[:60]!r} holds a line break or tab; a quote left "
+                        "open?")
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise UserError(f"{csv_path} line {line_no}: image {name!r} leaves --image-root; image names must be "
                         "paths inside it, without '..' or a leading '/'")
@@ -36,31 +40,38 @@ def image_name(text: str | None, csv_path: Path, line_no: int) -> str:
 
 
 def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray | None]:
-    """Image names and a float32 multi-hot matrix (None when the CSV has no labels column)."""
+    """Image names and a float32 multi-hot matrix (None when the CSV has no labels column). A film listed
+    more than once is kept as listed (each listing is scored), with a warning."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: CSV not found (make one with `roi-consistency make-csv`)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or "image" not in reader.fieldnames:
-            raise UserError(f"{path}: expected a header with columns image,labels; got {reader.fieldnames}")
-        has_labels = "labels" in reader.fieldnames
-        names, rows = [], []
-        index = {c: i for i, c in enumerate(classes)}
-        for line_no, row in enumerate(reader, start=2):
-            names.append(image_name(row["image"], path, line_no))
-            if has_labels:
-                vec = np.zeros(len(classes), np.float32)
-                try:
-                    for f in parse_labels(row["labels"] or ""):
-                        if f in index:
-                            vec[index[f]] = 1.0
-                except LabelError as exc:
-                    raise UserError(f"{path} line {line_no}: {exc}") from None
-                rows.append(vec)
+    header, records = read_table(path, ("image",))
+    has_labels = "labels" in header
+    names, rows = [], []
+    index = {c: i for i, c in enumerate(classes)}
+    for line_no, row in records:
+        names.append(image_name(row["image"], path, line_no))
+        if has_labels:
+            vec = np.zeros(len(classes), np.float32)
+            try:
+                for f in parse_labels(row["labels"]):
+                    if f in index:
+                        vec[index[f]] = 1.0
+            except LabelError as exc:
+                raise UserError(f"{path} line {line_no}: {exc}") from None
+            rows.append(vec)
     if not names:
         raise UserError(f"{path}: no rows")
+    warn_repeated(names, path)
     return names, (np.stack(rows) if has_labels else None)
+
+
+def warn_repeated(names: list[str], path: Path) -> None:
+    counts = Counter(names)
+    repeated = [n for n, k in counts.items() if k > 1]
+    if repeated:
+        print(f"warning: {path}: {len(repeated)} image(s) listed more than once (e.g. {repeated[0]}, "
+              f"{counts[repeated[0]]} times); each listing is used as a row of its own", file=sys.stderr)
 
 
 def good_rows(batch, names: list[str], skipped: list[str]):

@@ -12,6 +12,7 @@ finished one.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,20 +28,39 @@ def decode_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, 
     """Decode one image to a uint8 [1, size, size] tensor, and the file's own (width, height), which box
     coordinates refer to. RGBA/RGB files become one channel."""
     try:
-        with Image.open(path) as im:
-            return gray_resized(im, size), im.size
+        with warnings.catch_warnings():
+            # PIL only warns below twice its pixel limit; a film that large is not a chest film either
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return gray_resized(im, size), im.size
     except FileNotFoundError:
         raise UserError(f"image {path} not found (check --image-root)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"image {path} claims more than {Image.MAX_IMAGE_PIXELS:,} pixels: a damaged or hostile "
+                        "file, or one to downsize before use") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports a broken PNG chunk as a SyntaxError
         raise UserError(f"image {path} could not be decoded ({exc})") from None
 
 
 def gray_resized(im: Image.Image, size: int) -> torch.Tensor:
     """A PIL image as one uint8 channel [1, size, size]: the one way every image reaches the model."""
-    im = im.convert("L")
+    im = im.convert("L") if im.mode not in WIDE else stretched(im)
     if im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0)
+
+
+WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16-bit, 32-bit and float films: more than 8 bits
+
+
+def stretched(im: Image.Image) -> Image.Image:
+    """A wide-range film in 8 bits, its own range stretched to 0-255: PIL's convert("L") would clip every
+    value above 255 to white, and a 12-bit film stored in 16 bits would otherwise be nearly black."""
+    a = np.asarray(im, dtype=np.float64)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        return Image.fromarray(np.zeros(a.shape, np.uint8))
+    return Image.fromarray(np.round((np.nan_to_num(a, nan=lo) - lo) * (255 / (hi - lo))).astype(np.uint8))
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from roi_consistency.data.labels import FINDINGS, LabelError, format_labels, parse_labels
 from roi_consistency.errors import UserError
 from roi_consistency.files.atomic import atomic_write
+from roi_consistency.files.text import csv_rows, read_text
 
 KAGGLE_DATASET = "nih-chest-xrays/data"
 DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -179,30 +180,27 @@ def read_data_entry(path: str | Path) -> list[Entry]:
     """Parse Data_Entry_2017.csv, with or without the 2017 file's trailing comma.
 
     Columns are found by header name, so the extra empty column a trailing comma makes is ignored."""
-    with open(path, newline="") as fh:
-        rows = csv.reader(fh)
-        header = [h.strip() for h in next(rows, [])]
+    rows = csv_rows(path, "metadata CSV")
+    header = [h.strip() for h in next(rows, (1, []))[1]]
+    try:
+        i_img, i_lab, i_pat = (header.index(c) for c in ("Image Index", "Finding Labels", "Patient ID"))
+    except ValueError:
+        raise UserError(f"{path}: header must contain 'Image Index', 'Finding Labels' and "
+                        f"'Patient ID'; found {header}") from None
+    need = max(i_img, i_lab, i_pat)
+    entries, seen = [], set()
+    for line_no, row in rows:
+        if len(row) <= need:
+            raise UserError(f"{path} line {line_no}: expected at least {need + 1} columns, got {len(row)}")
+        image = row[i_img].strip()
         try:
-            i_img, i_lab, i_pat = (header.index(c) for c in ("Image Index", "Finding Labels", "Patient ID"))
-        except ValueError:
-            raise UserError(f"{path}: header must contain 'Image Index', 'Finding Labels' and "
-                            f"'Patient ID'; found {header}") from None
-        need = max(i_img, i_lab, i_pat)
-        entries, seen = [], set()
-        for line_no, row in enumerate(rows, start=2):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) <= need:
-                raise UserError(f"{path} line {line_no}: expected at least {need + 1} columns, got {len(row)}")
-            image = row[i_img].strip()
-            try:
-                findings = tuple(parse_labels(row[i_lab]))
-            except LabelError as exc:
-                raise UserError(f"{path} line {line_no} ({image}): {exc}") from None
-            if image in seen:
-                raise UserError(f"{path} line {line_no}: image {image} is listed twice")
-            seen.add(image)
-            entries.append(Entry(image, findings, row[i_pat].strip()))
+            findings = tuple(parse_labels(row[i_lab]))
+        except LabelError as exc:
+            raise UserError(f"{path} line {line_no} ({image}): {exc}") from None
+        if image in seen:
+            raise UserError(f"{path} line {line_no}: image {image} is listed twice")
+        seen.add(image)
+        entries.append(Entry(image, findings, row[i_pat].strip()))
     return entries
 
 
@@ -210,8 +208,7 @@ def read_list(path: str | Path) -> list[str]:
     if not Path(path).is_file():
         raise UserError(f"{path}: split list not found (NIH ships train_val_list.txt and test_list.txt "
                         "beside Data_Entry_2017.csv)")
-    with open(path) as fh:
-        return [line.strip() for line in fh if line.strip()]
+    return [line.strip() for line in read_text(path, "split list").splitlines() if line.strip()]
 
 
 def build_splits(entries: list[Entry], train_val: list[str], test: list[str],

@@ -60,7 +60,7 @@ def read_confounders(path: str, ds: ImageCSVDataset, classes: list[str], size: i
                         f"scores {', '.join(classes)}")
     row = {n: i for i, n in enumerate(ds.names)}
     missing = sorted(n for n in listed if n not in row)
-    scaled = to_model_pixels(ds, {n: b for n, b in listed.items() if n in row}, size)
+    scaled = to_model_pixels(ds, {n: b for n, b in listed.items() if n in row}, size, f"--confounders {path}")
     items = [(row[n], classes.index(b[0]), tuple(b[1:])) for n, bxs in scaled.items() for b in bxs]
     if not items:
         raise UserError(f"--confounders {path}: none of its images is in the test CSV")

@@ -51,13 +51,27 @@ def load_weights(model: ROIModel, state: dict, path: str | Path) -> None:
     model.set_fill(state.get("fill_image"))
 
 
+def stored_thresholds(t, classes: list[str], path: str | Path) -> dict | None:
+    """The operating points a checkpoint stores, {"rule", "values": {finding: p or None}}, checked: a
+    file edited by hand fails here, naming itself, not in the middle of scoring."""
+    if t is None:
+        return None
+    values = t.get("values") if isinstance(t, dict) else None
+    if not isinstance(values, dict) or not all(
+            values.get(c) is None or (isinstance(values[c], (int, float)) and not isinstance(values[c], bool))
+            for c in classes):
+        raise UserError(f"{path}: its thresholds are malformed (expected a number or null per finding): the file "
+                        "was edited or damaged; use the checkpoint `train` wrote, or export it again")
+    return t
+
+
 def restore(state: dict, path: str | Path, device: torch.device | str = "cpu") -> tuple[ROIModel, TrainConfig]:
     """(the model in eval mode on `device`, channels-last, with its thresholds and where it was trained; its
     config) from a state read from `path`."""
     cfg = checkpoint_config(state, path)
     model = build_model(cfg.model, cfg.method, len(cfg.data.classes))
     load_weights(model, state, path)
-    model.thresholds = state.get("thresholds")
+    model.thresholds = stored_thresholds(state.get("thresholds"), cfg.data.classes, path)
     model.trained_on = state.get("environment")
     # channels-last weights make every conv run channels-last (faster on CUDA and CPU alike)
     return model.to(device, memory_format=torch.channels_last).eval(), cfg

@@ -1,10 +1,11 @@
 """MODEL_CARD.md of an exported model: what it was trained on, how, how well it did, and what it is not for."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from roi_consistency.errors import UserError
 from roi_consistency.evaluation.schema import Metrics, judged_at, ratio_key
+from roi_consistency.files.text import read_table
 from roi_consistency.model.config import TrainConfig
 from roi_consistency.runtime import environment_line
 
@@ -16,9 +17,8 @@ def split_sizes(path: str | None) -> str:
     if not path:
         return "none"
     try:
-        with open(path, newline="") as fh:
-            names = [row["image"] for row in csv.DictReader(fh)]
-    except (OSError, KeyError):
+        names = [row["image"] for _, row in read_table(path, ("image",))[1]]
+    except UserError:
         return f"`{path}` (not readable at export time: sizes unknown)"
     patients = {Path(n).name.split("_")[0] for n in names}
     return f"`{path}`: {len(names):,} images, {len(patients):,} patients"
