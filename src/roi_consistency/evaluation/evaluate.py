@@ -95,12 +95,14 @@ def randomisation_check(model: ROIModel, cfg, ds: ImageCSVDataset, boxes: dict, 
     return frozen_head_check(model, cfg.method.mode, pairs, seed=opt.seed, chunk=opt.batch_size) if pairs else None
 
 
+def fmt(v, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def format_summary(m: Metrics) -> str:
     """The evaluation's headline figures as the few lines `evaluate` prints."""
     r, f, loc = ratio_key(m["keep_ratio"]), m["faithfulness"], m["localisation"]
 
-    def fmt(v, spec: str = ".4f") -> str:
-        return "n/a" if v is None else format(v, spec)
     ci = (m.get("uncertainty") or {}).get("mean_auroc_full")
     lines = [f"evaluate: {m['n_images']} images; mean AUROC full {fmt(m['mean_auroc']['full'])}"
              + (f" [95% CI {ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")]
@@ -156,9 +158,8 @@ def calibration_lines(cal: dict | None) -> list[str]:
         sens, spec = (np.mean([v[k] for v in ops]) if ops else 0.0 for k in ("sensitivity", "specificity"))
         at = (f"; at the {cal['thresholds']['rule']} thresholds, mean sensitivity {sens:.3f}, specificity {spec:.3f}"
               if ops else "; no thresholds in the checkpoint (roi-consistency calibrate)")
-        mean = "n/a" if cal["mean_ece"] is None else f"{cal['mean_ece']:.4f}"
-        return [f"  calibration: mean ECE {mean} over the {len(cal.get('mean_ece_over', []))} findings with "
-                f"positives ({cal['bins']} bins){at}"]
+        return [f"  calibration: mean ECE {fmt(cal['mean_ece'])} over the {len(cal.get('mean_ece_over', []))} "
+                f"findings with positives ({cal['bins']} bins){at}"]
     return []
 
 

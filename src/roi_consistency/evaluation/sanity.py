@@ -105,7 +105,7 @@ def retrained_head_check(checkpoint: str, train_csv: str, val_csv: str, csv: str
             "--device", device, *(["--cache", cache] if cache else [])]
     out, t0 = Path(out_dir), time.perf_counter()
     original = draw(Learned(model), pairs, 16)
-    stages = cascade_stages(copy.deepcopy(model).backbone)[:steps]
+    stages = cascade_stages(model.backbone)[:steps]  # names only: nothing is randomised here
     rho, constant = [], []
     for k in range(len(stages) + 1):  # k = 0: the ceiling, the intact classifier with another seed
         backbone = copy.deepcopy(model.backbone).cpu()
