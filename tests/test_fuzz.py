@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from dicom_files import dicom_bytes
 from roi_consistency import cli
 from roi_consistency.data.boxes import read_boxes
 from roi_consistency.data.dataset import read_label_csv
@@ -190,9 +191,11 @@ MODES = {"L": np.uint8, "P": np.uint8, "1": np.bool_, "LA": np.uint8, "RGB": np.
 
 @st.composite
 def image_files(draw) -> bytes:
-    """A film in any mode PIL writes, as PNG or JPEG, maybe cut short or with flipped bytes; or no image
-    at all: empty, text, a bomb."""
-    kind = draw(st.sampled_from(["image"] * 6 + ["empty", "text", "bomb"]))
+    """A film in any mode PIL writes, as PNG or JPEG, or as DICOM, maybe cut short or with flipped bytes; or
+    no image at all: empty, text, a bomb."""
+    kind = draw(st.sampled_from(["image"] * 6 + ["dicom"] * 3 + ["empty", "text", "bomb"]))
+    if kind == "dicom":
+        return damaged(draw, draw(dicom_files()))
     if kind != "image":
         return {"empty": b"", "text": b"image,labels\na.png,Mass\n", "bomb": png_claiming(100_000, 100_000)}[kind]
     mode = draw(st.sampled_from(sorted(MODES)))
@@ -204,7 +207,26 @@ def image_files(draw) -> bytes:
     im = im.convert(mode) if im.mode != mode else im
     buf = io.BytesIO()
     im.save(buf, fmt)
-    data = bytearray(buf.getvalue())
+    return damaged(draw, buf.getvalue())
+
+
+@st.composite
+def dicom_files(draw) -> bytes:
+    """A DICOM film of any photometric interpretation and bit depth, windowed, rescaled, RLE-compressed or
+    claiming another size."""
+    w, h, bits = draw(st.integers(1, 24)), draw(st.integers(1, 24)), draw(st.sampled_from([8, 12, 16]))
+    stored = np.random.default_rng(draw(st.integers(0, 99))).integers(0, 2 ** bits, (h, w))
+    window = draw(st.none() | st.tuples(st.integers(-5000, 70000), st.integers(-2, 70000)))
+    rescale = draw(st.none() | st.tuples(st.sampled_from([1.0, 0.5, -1.0, 0.0]), st.integers(-3000, 3000)))
+    return dicom_bytes(stored, draw(st.sampled_from(["MONOCHROME1", "MONOCHROME2"])), bits, window=window,
+                       rescale=rescale, compress=draw(st.sampled_from([None, "rle", "jpeg-ls"])),
+                       frames=draw(st.sampled_from([1, 1, 1, 2])),
+                       claim=draw(st.none() | st.tuples(st.integers(0, 65535), st.integers(0, 65535))))
+
+
+def damaged(draw, whole: bytes) -> bytes:
+    """`whole`, maybe cut short, maybe with up to three flipped bytes."""
+    data = bytearray(whole)
     if draw(st.booleans()):
         data = data[: draw(st.integers(0, len(data)))]
     for i in draw(st.lists(st.integers(0, max(len(data) - 1, 0)), max_size=3)) if data else []:
@@ -213,9 +235,9 @@ def image_files(draw) -> bytes:
 
 
 @FUZZ
-@given(data=image_files())
-def test_any_image_file_decodes_or_is_explained(data, tmp_path):
-    path = tmp_path / "film.png"
+@given(data=image_files(), suffix=st.sampled_from([".png", ".dcm"]))
+def test_any_image_file_decodes_or_is_explained(data, suffix, tmp_path):
+    path = tmp_path / f"film{suffix}"
     path.write_bytes(data)
     assert image_problem(path) is None or isinstance(image_problem(path), str)
     try:
@@ -286,6 +308,35 @@ def test_an_exported_folder_with_a_mangled_config_is_refused_or_loads(picks, exp
                       str(phantom64["images"]), "--out", str(out), "--workers", "0"], capsys, out)
 
 
+def test_the_config_values_the_longer_run_found_are_one_line(export_dir, phantom64, tmp_path, capsys):
+    """The 600-example run found a config.json whose class list was null or held a list (TypeError
+    tracebacks); a size of a million pixels would have resized each film to 10^12 pixels. (The top-level
+    classes, img_size and keep_ratio only describe the model: the training config is what is read.)"""
+    import json
+    import shutil
+    for where in (("training_config", "data"), ("training_config", "model"), ("training_config", "method")):
+        for key in ("classes", "img_size", "keep_ratio"):
+            for value in (None, [], [[]], ["Mass", "Mass"], 10**6, -1, True, "x"):
+                config = json.loads((export_dir / "config.json").read_text())
+                node = config
+                for k in where:
+                    node = node[k]
+                if key not in node:
+                    continue
+                node[key] = value
+                folder = tmp_path / "model"
+                shutil.rmtree(folder, ignore_errors=True)
+                shutil.copytree(export_dir, folder)
+                (folder / "config.json").write_text(json.dumps(config))
+                out = tmp_path / "preds.json"
+                with pytest.raises(SystemExit) as info:
+                    cli.main(["infer", "--checkpoint", str(folder), "--csv", str(phantom64["val"]), "--image-root",
+                              str(phantom64["images"]), "--out", str(out), "--workers", "0"])
+                err = error_lines(capsys.readouterr().err)
+                assert info.value.code == 2 and len(err) == 1 and str(folder) in err[0], (where, key, value, err)
+                assert not out.exists()
+
+
 def test_a_box_outside_its_image_is_refused_naming_the_list(phantom64, tmp_path):
     from roi_consistency.data.boxes import model_boxes
     from roi_consistency.data.dataset import ImageCSVDataset
@@ -297,3 +348,60 @@ def test_a_box_outside_its_image_is_refused_naming_the_list(phantom64, tmp_path)
     path.write_text(f"Image Index,Finding Label,x,y,w,h\n{ds.names[0]},Mass,10,10,-5,20\n")
     with pytest.raises(UserError, match="line 2: box 10,10,-5,20 is not a box"):
         model_boxes(ds, str(path), list(FINDINGS), 48)
+
+
+def numeric_flags() -> list[tuple[str, str, object]]:
+    """(command, flag, type) for every flag of every command that takes a number."""
+    import argparse
+    parser, found = cli.build_parser(), []
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.type is not None and action.type is not str:
+                found.append((name, action.option_strings[0], action.type))
+    return found
+
+
+def test_every_numeric_flag_has_a_range():
+    found = numeric_flags()
+    assert len(found) > 30 and {c for c, _, _ in found} >= {"train", "infer", "evaluate", "phantom", "cache"}
+    plain = [(c, f) for c, f, kind in found if kind in (int, float)]
+    assert plain == [], plain
+
+
+NUMBERS = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                    st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e30", "99999999999", "0.5", "1", "", "x",
+                                     "1,5", "0x10", " 3"]))
+
+
+@FUZZ
+@given(pick=st.integers(0, 10**6), text=NUMBERS)
+def test_a_numeric_flag_takes_a_number_in_its_range_or_names_itself_in_one_line(pick, text, capsys):
+    command, flag, kind = (found := numeric_flags())[pick % len(found)]
+    scoring = ["--checkpoint", "c", "--csv", "x", "--image-root", "."]
+    required = {"train": [], "infer": scoring, "evaluate": scoring, "calibrate": scoring,
+                "sanity": [*scoring, "--train-csv", "t", "--val-csv", "v"], "phantom": ["--out", "o"],
+                "cache": ["--csv", "x", "--image-root", ".", "--out", "o"], "make-csv": ["--data-root", "d"],
+                "screenshot": ["r.html", "o.png"]}[command]
+    try:
+        args = cli.build_parser().parse_args([command, *required, f"{flag}={text}"])
+    except SystemExit as exc:
+        err = capsys.readouterr().err.strip()
+        assert exc.code == 2 and len(err.splitlines()) == 1 and flag in err, err
+    else:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        assert np.isfinite(value) and value >= 0, (flag, text, value)
+
+
+@SLOW
+@given(keep=st.floats(1e-12, 1.0), batch=st.integers(1, 1024), vis=st.integers(0, 3))
+def test_infer_runs_at_the_ends_of_every_flag_range(keep, batch, vis, trained64, phantom64, tmp_path, capsys):
+    """In-range values work, the extremes included: a keep ratio of 1e-12 still keeps a pixel."""
+    import shutil
+    out = tmp_path / "preds.json"
+    out.unlink(missing_ok=True)
+    shutil.rmtree(tmp_path / "vis", ignore_errors=True)
+    cli.main(["infer", "--checkpoint", str(trained64), "--csv", str(phantom64["val"]), "--image-root",
+              str(phantom64["images"]), "--out", str(out), "--workers", "0", "--keep-ratio", repr(keep),
+              "--batch-size", str(batch), "--vis-limit", str(vis), "--vis-dir", str(tmp_path / "vis")])
+    assert out.is_file() and len(list((tmp_path / "vis").glob("*_overlay.png"))) <= vis

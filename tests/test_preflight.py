@@ -45,7 +45,7 @@ def test_image_problems_are_named(broken, phantom64, tmp_path):
     assert image_problem(broken["images"] / broken["missing"]) == "missing"
     assert "cut short (300 bytes)" in image_problem(broken["images"] / broken["truncated"])
     (tmp_path / "x.png").write_bytes(b"hello")
-    assert image_problem(tmp_path / "x.png") == "neither a PNG nor a JPEG"
+    assert image_problem(tmp_path / "x.png") == "neither a PNG, a JPEG nor a DICOM file"
     good = sorted(p.name for p in phantom64["images"].iterdir())[:50]
     assert check_images(good, phantom64["images"], "csv", progress=False) == {}  # RGBA and gray PNGs pass
 

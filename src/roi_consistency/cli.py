@@ -13,6 +13,7 @@ import sys
 
 from tqdm import tqdm
 
+from roi_consistency import flags
 from roi_consistency.errors import UserError
 from roi_consistency.model.config import GROUP_OF, MODES, PRESETS, THRESHOLD_RULES, TrainConfig, config
 from roi_consistency.outputs.screenshot import SECTIONS
@@ -86,7 +87,8 @@ def _phantom(a: argparse.Namespace) -> None:
     if a.shortcut_control and not a.shortcut:
         raise UserError("--shortcut-control places the marker of --shortcut FINDING; give that too")
     s = make_phantom(a.out, n_images=a.n_images, size=a.size, seed=a.seed, workers=a.workers,
-                     style=a.style, progress=not a.quiet, shortcut=a.shortcut, shortcut_control=a.shortcut_control)
+                     style=a.style, progress=not a.quiet, shortcut=a.shortcut, shortcut_control=a.shortcut_control,
+                     image_format=a.format)
     print(f"phantom: {s['n_images']} images of {a.size}px, {s['n_patients']} patients, "
           f"{s['n_train_val']} train+val / {s['n_test']} test, {s['n_boxes']} boxes -> {s['out']}")
     if s["marked"]:
@@ -138,6 +140,7 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
     for name, flag, text, aliases in TRAIN_FLAGS:
         default = getattr(getattr(defaults, GROUP_OF[name]), name)
         kind = type(default) if default is not None else OPTIONAL_TYPES.get(name, str)
+        kind = flags.TRAIN.get(name, kind)
         t.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
                        help=f"{text} (default: {default})")
         for alias in aliases:
@@ -342,9 +345,10 @@ def _add_data_commands(sub) -> None:
     m.add_argument("--image-root", "--image_root",
                    help="flat image folder used to check that every image exists (default: DATA_ROOT/images)")
     m.add_argument("--out-dir", "--out_dir", default=".", help="where to write the three CSVs")
-    m.add_argument("--val-fraction", "--val_fraction", type=float, default=0.1,
+    m.add_argument("--val-fraction", "--val_fraction", type=flags.number(0.0, 1.0, lo_open=False, hi_open=True),
+                   default=0.1,
                    help="share of train_val patients held out for validation")
-    m.add_argument("--seed", type=int, default=0, help="seed of the patient-wise validation split")
+    m.add_argument("--seed", type=flags.SEED, default=0, help="seed of the patient-wise validation split")
     m.add_argument("--skip-missing", action="store_true",
                    help="leave out rows whose image is missing (with a warning) instead of failing")
 
@@ -352,9 +356,10 @@ def _add_data_commands(sub) -> None:
 def _add_phantom_and_cache(sub) -> None:
     ph = _command(sub, "phantom", _phantom)
     ph.add_argument("--out", required=True, help="folder to write (becomes a --data-root)")
-    ph.add_argument("--n-images", "--n_images", type=int, default=2000, help="number of images")
-    ph.add_argument("--size", type=int, default=256, help="image side in pixels (1024 = NIH size)")
-    ph.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
+    ph.add_argument("--n-images", "--n_images", type=flags.integer(1, 1_000_000), default=2000,
+                    help="number of images")
+    ph.add_argument("--size", type=flags.SIDE, default=256, help="image side in pixels (1024 = NIH size)")
+    ph.add_argument("--seed", type=flags.SEED, default=0, help="random seed; same seed, same files")
     ph.add_argument("--style", choices=("default", "alt"), default="default",
                     help="lesion appearance family; 'alt' is a second phantom with other lesion shapes")
     ph.add_argument("--shortcut", metavar="FINDING", default=None,
@@ -362,15 +367,19 @@ def _add_phantom_and_cache(sub) -> None:
                          "(test patients: also a third of the others), with confounders.csv and twins/")
     ph.add_argument("--shortcut-control", action="store_true",
                     help="with --shortcut: place the marker on ~30%% of all films, whatever their labels")
-    ph.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    ph.add_argument("--format", choices=("png", "dicom"), default="png",
+                    help="write the films as 8-bit PNG (as NIH) or as DICOM (.dcm: 12-bit MONOCHROME1, windowed)")
+    ph.add_argument("--workers", type=flags.integer(1, flags.MAX_WORKERS), default=None,
+                    help="processes (default: all cores)")
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = _command(sub, "cache", _cache)
     c.add_argument("--csv", action="append", required=True, help="a CSV with an image column (repeatable)")
     c.add_argument("--image-root", "--image_root", required=True, help="folder of the images")
-    c.add_argument("--size", type=int, default=256, help="side of the stored images (>= the model's --img-size)")
+    c.add_argument("--size", type=flags.SIDE, default=256, help="side of the stored images (>= the model's --img-size)")
     c.add_argument("--out", required=True, help="cache folder to create or finish")
-    c.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    c.add_argument("--workers", type=flags.integer(1, flags.MAX_WORKERS), default=None,
+                   help="processes (default: all cores)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -379,8 +388,8 @@ def _add_scoring_common(p: argparse.ArgumentParser, checkpoint_help: str = CHECK
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave out (and list in the JSON) images the pre-flight check finds missing or broken")
     p.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--batch-size", type=flags.BATCH, default=16, help="images per batch")
+    p.add_argument("--workers", type=flags.WORKERS, default=2, help="DataLoader worker processes")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
 
 
@@ -391,13 +400,13 @@ def _add_infer(sub) -> None:
     src.add_argument("--csv", help="CSV with an image column (and labels, if known)")
     src.add_argument("--image", help="one image file; prints a table")
     i.add_argument("--image-root", "--image_root", default=".", help="folder of the images named in --csv")
-    i.add_argument("--keep-ratio", "--keep_ratio", type=float, default=None,
+    i.add_argument("--keep-ratio", "--keep_ratio", type=flags.RATIO, default=None,
                    help="share of pixels the mask keeps (default: the checkpoint's)")
     i.add_argument("--out", "--save_json", default=None,
                    help="predictions JSON to write (default: preds.json with --csv; none with --image)")
     i.add_argument("--vis-dir", "--save_vis_dir", default=None,
                    help="write <image>_overlay.png, _crop.png and _drop.png here")
-    i.add_argument("--vis-limit", type=int, default=16, help="how many images get overlays")
+    i.add_argument("--vis-limit", type=flags.COUNT, default=16, help="how many images get overlays")
     i.add_argument("--save-mask", help="with --image: write the binary mask PNG here")
     i.add_argument("--save-crop", help="with --image: write the crop (what the model sees) here")
 
@@ -430,11 +439,12 @@ def _add_evaluate(sub) -> None:
                    help="regions that should not be evidence (a marker, a tube, a text token), in BBox_List_2017.csv's "
                         "layout, one finding each: audit whether the model relies on them and whether each map says "
                         "so (docs/evaluation.md)")
-    e.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) in the --sanity check")
-    e.add_argument("--gallery-limit", type=int, default=None, metavar="N",
+    e.add_argument("--sanity-images", type=flags.integer(1, 100_000), default=64,
+                   help="test images (one finding each) in the --sanity check")
+    e.add_argument("--gallery-limit", type=flags.COUNT, default=None, metavar="N",
                    help="gallery.html shows the first N test images (default: all; 0: no gallery)")
-    e.add_argument("--examples", type=int, default=8, help="example images in the report")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random-map control")
+    e.add_argument("--examples", type=flags.integer(0, 1000), default=8, help="example images in the report")
+    e.add_argument("--seed", type=flags.SEED, default=0, help="seed of the random-map control")
 
 
 def _add_calibrate(sub) -> None:
@@ -456,10 +466,12 @@ def _add_sanity(sub) -> None:
     s.add_argument("--image-root", "--image_root", required=True, help="folder of the images of all three CSVs")
     s.add_argument("--cache", default=None, help="read images from a cache built by `roi-consistency cache`")
     s.add_argument("--out-dir", default="eval", help="where sanity.json (and the retrained runs) go")
-    s.add_argument("--steps", type=int, default=3, help="stages randomised, top-down; the verdict is read at 3")
-    s.add_argument("--sanity-images", type=int, default=64, help="test images (one finding each) compared")
-    s.add_argument("--seed", type=int, default=0, help="seed of the randomisation and of the images drawn")
-    s.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of each retraining")
+    s.add_argument("--steps", type=flags.integer(1, 64), default=3,
+                   help="stages randomised, top-down; the verdict is read at 3")
+    s.add_argument("--sanity-images", type=flags.integer(1, 100_000), default=64,
+                   help="test images (one finding each) compared")
+    s.add_argument("--seed", type=flags.SEED, default=0, help="seed of the randomisation and of the images drawn")
+    s.add_argument("--workers", type=flags.WORKERS, default=2, help="DataLoader worker processes of each retraining")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run")
     s.add_argument("--quiet", action="store_true", help="no training output")
 
@@ -475,8 +487,9 @@ def _add_screenshot(sub) -> None:
     sc = _command(sub, "screenshot", _screenshot)
     sc.add_argument("html", help="the report.html to render")
     sc.add_argument("out", help="PNG file to write")
-    sc.add_argument("--width", type=int, default=1280, help="viewport width in pixels")
-    sc.add_argument("--height", type=int, default=3000, help="viewport height in pixels (the image's height)")
+    sc.add_argument("--width", type=flags.integer(1, 16384), default=1280, help="viewport width in pixels")
+    sc.add_argument("--height", type=flags.integer(1, 16384), default=3000,
+                    help="viewport height in pixels (the image's height)")
     sc.add_argument("--section", choices=SECTIONS,
                     help="start the view at this section of the report (default: the top)")
 

@@ -3,6 +3,7 @@
 - nih.py: download, unify and make-csv for NIH ChestX-ray14;  phantom.py: a synthetic stand-in in its layout;
 - labels.py: the findings and their spelling;  boxes.py: ground-truth boxes;
 - images.py: decoding an image, and reading the decoded-image cache;  cache.py: building that cache;
+- dicom.py: DICOM films through pydicom (display transform, header checks, the phantom's writer);
 - preflight.py: every image checked before a run;  augment.py: augmentation;
 - dataset.py: `image,labels` CSVs as a torch Dataset, and the sampler that makes resume exact.
 """

@@ -10,7 +10,7 @@ from PIL import Image
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.labels import LabelError, canonical
 from roi_consistency.errors import UserError
-from roi_consistency.files.text import csv_rows
+from roi_consistency.files.text import csv_rows, shown
 
 Box = tuple[str, float, float, float, float]  # finding, x, y, w, h
 
@@ -54,8 +54,8 @@ def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int,
                 src = im.size
         for f, x, y, w, h in bxs:
             if x >= src[0] or y >= src[1] or x + w <= 0 or y + h <= 0:
-                raise UserError(f"{source}: the {f} box of {name} ({x:g},{y:g},{w:g},{h:g}) lies outside the image "
-                                f"({src[0]}x{src[1]} px); boxes are in the image's own pixels")
+                raise UserError(f"{source}: the {f} box of {shown(name)} ({x:g},{y:g},{w:g},{h:g}) lies outside the "
+                                f"image ({src[0]}x{src[1]} px); boxes are in the image's own pixels")
         out[name] = [(b[0], *scale_box(b[1:], src, size)) for b in bxs]
     return out
 

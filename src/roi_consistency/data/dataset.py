@@ -30,9 +30,9 @@ def image_name(text: str | None, csv_path: Path, line_no: int) -> str:
     name = (text or "").strip()
     if not name:
         raise UserError(f"{csv_path} line {line_no}: empty image name")
-    if any(ch in name for ch in "\r\n\t\0"):
-        raise UserError(f"{csv_path} line {line_no}: image {name[:60]!r} holds a line break or tab; a quote left "
-                        "open?")
+    if not name.isprintable():  # a line break, tab, NUL or other control character
+        raise UserError(f"{csv_path} line {line_no}: image {name[:60]!r} holds a line break, tab or control "
+                        "character; a quote left open?")
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise UserError(f"{csv_path} line {line_no}: image {name!r} leaves --image-root; image names must be "
                         "paths inside it, without '..' or a leading '/'")

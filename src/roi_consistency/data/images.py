@@ -19,15 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from roi_consistency.data import dicom
 from roi_consistency.errors import UserError
 
 IMAGES, SIZES, DONE, INDEX = "images.u8", "sizes.u32", "done.u8", "index.json"
 
 
 def decode_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Decode one image to a uint8 [1, size, size] tensor, and the file's own (width, height), which box
-    coordinates refer to. RGBA/RGB files become one channel."""
+    """Decode one image (PNG, JPEG or DICOM) to a uint8 [1, size, size] tensor, and the file's own
+    (width, height), which box coordinates refer to. RGBA/RGB files become one channel."""
     try:
+        if dicom.is_dicom(path):
+            return dicom_resized(path, size)
         with warnings.catch_warnings():
             # PIL only warns below twice its pixel limit; a film that large is not a chest film either
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -42,9 +45,17 @@ def decode_image(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, 
         raise UserError(f"image {path} could not be decoded ({exc})") from None
 
 
+def dicom_resized(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A DICOM film as display values (dicom.py), scaled to 8 bits from its window's black to white, or
+    without a window by its real range like any wide film; MONOCHROME1 inverted so that bone is bright."""
+    values, source_size, black_white, inverted = dicom.dicom_pixels(path, Image.MAX_IMAGE_PIXELS)
+    gray = to_uint8(values, *(black_white or ()))
+    return gray_resized(Image.fromarray(255 - gray if inverted else gray), size), source_size
+
+
 def gray_resized(im: Image.Image, size: int) -> torch.Tensor:
     """A PIL image as one uint8 channel [1, size, size]: the one way every image reaches the model."""
-    im = im.convert("L") if im.mode not in WIDE else stretched(im)
+    im = im.convert("L") if im.mode not in WIDE else Image.fromarray(to_uint8(np.asarray(im)))
     if im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)  # PIL antialiases when shrinking
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).unsqueeze(0)
@@ -53,14 +64,19 @@ def gray_resized(im: Image.Image, size: int) -> torch.Tensor:
 WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16-bit, 32-bit and float films: more than 8 bits
 
 
-def stretched(im: Image.Image) -> Image.Image:
-    """A wide-range film in 8 bits, its own range stretched to 0-255: PIL's convert("L") would clip every
-    value above 255 to white, and a 12-bit film stored in 16 bits would otherwise be nearly black."""
-    a = np.asarray(im, dtype=np.float64)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
-        return Image.fromarray(np.zeros(a.shape, np.uint8))
-    return Image.fromarray(np.round((np.nan_to_num(a, nan=lo) - lo) * (255 / (hi - lo))).astype(np.uint8))
+def to_uint8(values: np.ndarray, black: float | None = None, white: float | None = None) -> np.ndarray:
+    """A wide-range film in 8 bits, `black` to `white` (by default its own range) stretched to 0-255: PIL's
+    convert("L") would clip every value above 255 to white, and a 12-bit film stored in 16 bits would
+    otherwise be nearly black."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros(a.shape, np.uint8)
+    if black is None or white is None or not (np.isfinite(black) and np.isfinite(white)) or black == white:
+        black, white = float(np.nanmin(a)), float(np.nanmax(a))
+    if not (np.isfinite(black) and np.isfinite(white)) or white == black:
+        return np.zeros(a.shape, np.uint8)
+    scaled = (np.nan_to_num(a, nan=black, posinf=white, neginf=black) - black) * (255 / (white - black))
+    return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from roi_consistency.data.labels import FINDINGS, LabelError, format_labels, parse_labels
 from roi_consistency.errors import UserError
 from roi_consistency.files.atomic import atomic_write
-from roi_consistency.files.text import csv_rows, read_text
+from roi_consistency.files.text import csv_rows, read_text, shown
 
 KAGGLE_DATASET = "nih-chest-xrays/data"
 DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -111,7 +111,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def unify(data_root: str, out: str | None = None, progress: bool = True) -> UnifyStats:
-    """Symlink every DATA_ROOT/images_*/images/*.png into one flat folder (default DATA_ROOT/images).
+    """Symlink every DATA_ROOT/images_*/images/*.png (or *.dcm: a DICOM phantom) into one flat folder
+    (default DATA_ROOT/images).
 
     Idempotent: links already pointing at the right file are left alone; missing, broken or stale
     links are (re)made atomically. Two different files with the same name are an error."""
@@ -127,7 +128,7 @@ def unify(data_root: str, out: str | None = None, progress: bool = True) -> Unif
     for shard in shards:
         with os.scandir(shard) as it:
             for entry in it:
-                if not entry.name.endswith(".png"):
+                if not entry.name.endswith((".png", ".dcm")):
                     continue
                 prev = sources.get(entry.name)
                 if prev is not None and not _same_file(prev, entry.path):
@@ -196,9 +197,9 @@ def read_data_entry(path: str | Path) -> list[Entry]:
         try:
             findings = tuple(parse_labels(row[i_lab]))
         except LabelError as exc:
-            raise UserError(f"{path} line {line_no} ({image}): {exc}") from None
+            raise UserError(f"{path} line {line_no} ({shown(image)}): {exc}") from None
         if image in seen:
-            raise UserError(f"{path} line {line_no}: image {image} is listed twice")
+            raise UserError(f"{path} line {line_no}: image {shown(image)} is listed twice")
         seen.add(image)
         entries.append(Entry(image, findings, row[i_pat].strip()))
     return entries

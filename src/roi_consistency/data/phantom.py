@@ -38,6 +38,7 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
+from roi_consistency.data.dicom import write_film as write_dicom_film
 from roi_consistency.data.labels import FINDINGS, NO_FINDING
 from roi_consistency.errors import UserError
 from roi_consistency.files.atomic import write_json, write_png, write_text
@@ -49,7 +50,9 @@ DATA_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient 
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 BBOX_SPELLING = {"Infiltration": "Infiltrate"}  # the real box file spells this one differently
 N_SHARDS, TEST_FRACTION, RGBA_FRACTION = 12, 0.2, 0.01
-_NAME = re.compile(r"\d{8}_\d{3}\.png")
+MAX_IMAGES, MAX_SIZE = 1_000_000, 4096  # ten times NIH's films, four times their side: beyond is a typo
+_NAME = re.compile(r"\d{8}_\d{3}\.(png|dcm)")
+FORMATS = {"png": ".png", "dicom": ".dcm"}  # --format: the files' kind and suffix
 
 # Lungs in anatomy coordinates (fractions of the image): centre, radii, dome height, lateral sign.
 # Index 0 is image-left (the patient's right); its hemidiaphragm sits higher, as on a PA film.
@@ -260,14 +263,20 @@ def _write_image(task):
     rng = np.random.default_rng([seed, 2, index, STYLES.index(style)])
     pixels, boxes = render_image(rng, size, labels, style)
     if twin:  # the same film without the marker: what the model would see had nobody tagged it
-        write_png(twin, Image.fromarray(pixels), compress_level=3)
+        _write_film(twin, pixels, False)
     if marker:
         pixels = draw_marker(pixels, marker)
+    _write_film(path, pixels, rgba)
+    return boxes
+
+
+def _write_film(path: str, pixels: np.ndarray, rgba: bool) -> None:
+    if path.endswith(".dcm"):  # 12-bit MONOCHROME1 with a window; it reads back as these very pixels
+        return write_dicom_film(path, pixels)
     im = Image.fromarray(pixels)  # uint8 2-D -> mode "L"
     if rgba:  # a few NIH PNGs are RGBA; loaders must cope
         im = im.convert("RGBA")
     write_png(path, im, compress_level=3)
-    return boxes
 
 
 # --- the shortcut: a marker that carries a label in the training data, as a chest drain or a laterality
@@ -318,19 +327,22 @@ def _sample_labels(rng, findings):
 def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, seed: int = 0,
                  workers: int | None = None, findings: tuple[str, ...] = DEFAULT_FINDINGS,
                  style: str = "default", progress: bool = True, shortcut: str | None = None,
-                 shortcut_control: bool = False) -> dict:
+                 shortcut_control: bool = False, image_format: str = "png") -> dict:
     """Write a phantom NIH ChestX-ray14 under `out` (overwriting any earlier phantom there). With
     `shortcut`, a marker stands in for that finding (shortcut_markers), and the phantom also writes
     confounders.csv (the marker's box on every test film that has one) and twins/ (those films without it).
+    image_format "dicom" writes the films as DICOM (`.dcm`, 12-bit MONOCHROME1 with a window) instead of PNG.
 
     Deterministic: the same arguments give byte-identical files. Returns a summary dict:
     {"out", "n_images", "n_patients", "n_test", "n_train_val", "n_boxes", "positives": {finding: n}, "marked"}.
     """
     findings = _check(findings, style)
     _check_arguments(findings, n_images, size, workers, shortcut)
+    if image_format not in FORMATS:
+        raise PhantomError(f"--format {image_format}: choose one of {', '.join(FORMATS)}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     out = Path(out)
-    rows = _patient_rows(n_images, seed)
+    rows = _patient_rows(n_images, seed, FORMATS[image_format])
     n_patients = rows[-1][1]
     srng = np.random.default_rng([seed, 1])
     n_test = 0 if n_patients < 2 else min(n_patients - 1, max(1, round(TEST_FRACTION * n_patients)))
@@ -355,7 +367,7 @@ def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, 
     marked = _write_shortcut(out, rows, markers, test_names, shortcut, shortcut_control) if shortcut else None
     # the mark an exported model's card reads: these are synthetic films, not chest X-rays
     write_json(out / "PHANTOM.json", {"generator": "roi-consistency phantom", "n_images": n_images, "size": size,
-                                      "seed": seed, "style": style, "shortcut": marked})
+                                      "seed": seed, "style": style, "format": image_format, "shortcut": marked})
     return {"out": str(out), "n_images": n_images, "n_patients": n_patients, "n_test": len(test),
             "n_train_val": len(train_val), "n_boxes": n_boxes,
             "positives": {f: sum(f in lab for lab in labels) for f in findings}, "marked": marked}
@@ -364,8 +376,9 @@ def make_phantom(out: str | os.PathLike, n_images: int = 2000, size: int = 256, 
 def _check_arguments(findings: tuple, n_images: int, size: int, workers: int | None, shortcut: str | None) -> None:
     if not findings:
         raise PhantomError("findings must name at least one finding")
-    if n_images < 1 or size < 32:
-        raise PhantomError(f"need n_images >= 1 and size >= 32 (got {n_images}, {size})")
+    if not (1 <= n_images <= MAX_IMAGES and 32 <= size <= MAX_SIZE):
+        raise PhantomError(f"need 1 <= n_images <= {MAX_IMAGES:,} and 32 <= size <= {MAX_SIZE} (got {n_images}, "
+                           f"{size})")
     if workers is not None and workers < 1:
         raise PhantomError(f"workers must be >= 1 (got {workers})")
     if shortcut is not None and shortcut not in findings:
@@ -393,7 +406,7 @@ def _write_shortcut(out: Path, rows, markers: list, test_names: set, finding: st
             "twins": "twins/", "confounders": "confounders.csv"}
 
 
-def _patient_rows(n_images: int, seed: int) -> list[tuple]:
+def _patient_rows(n_images: int, seed: int, suffix: str = ".png") -> list[tuple]:
     """(name, patient_id, follow_up, age, sex) per image: patients own 1-4 consecutive images, and age
     and sex belong to the patient."""
     prng, patients, total = np.random.default_rng([seed, 0]), [], 0
@@ -403,7 +416,7 @@ def _patient_rows(n_images: int, seed: int) -> list[tuple]:
         total += count
     rows = []
     for pid, count, age, sex in patients:
-        rows += [(f"{pid:08d}_{k:03d}.png", pid, k, age, sex) for k in range(count)]
+        rows += [(f"{pid:08d}_{k:03d}{suffix}", pid, k, age, sex) for k in range(count)]
     return rows[:n_images]
 
 

@@ -1,9 +1,10 @@
 """The pre-flight check: before a run reads thousands of images, every image a CSV names must exist and
-look like a whole PNG or JPEG, so one bad file is found in seconds rather than hours into an epoch.
+look like a whole PNG, JPEG or DICOM file, so one bad file is found in seconds rather than hours into an epoch.
 
 A file passes when it starts with the PNG or JPEG signature, a PNG's header gives a non-zero size, and it
-ends as such a file ends (a PNG's IEND chunk, a JPEG's end-of-image marker): a copy cut short fails.
-Only the first and last bytes are read, in parallel, so the 112,120 NIH images take seconds.
+ends as such a file ends (a PNG's IEND chunk, a JPEG's end-of-image marker): a copy cut short fails. A
+DICOM file's header is read, and the file must hold the pixel data the header promises. Only the first
+and last bytes (or the DICOM header) are read, in parallel, so the 112,120 NIH images take seconds.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from roi_consistency.data import dicom
 from roi_consistency.errors import UserError
 
 PNG, JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
@@ -26,7 +28,7 @@ def image_problem(path: Path) -> str | None:
     """What is wrong with one image file, or None."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(32)
+            head = fh.read(dicom.MAGIC_AT + 4)
             size = fh.seek(0, os.SEEK_END)
             fh.seek(max(0, size - 64))
             tail = fh.read()
@@ -34,6 +36,10 @@ def image_problem(path: Path) -> str | None:
         return "missing"
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
+    if not head:
+        return "empty"
+    if dicom.is_dicom(path, head):
+        return dicom.header_problem(path)
     if head.startswith(PNG):
         w, h = struct.unpack(">II", head[16:24]) if len(head) >= 24 and head[12:16] == b"IHDR" else (0, 0)
         if not (w and h):
@@ -41,7 +47,7 @@ def image_problem(path: Path) -> str | None:
         return None if tail.endswith(PNG_END) else f"a PNG cut short ({size} bytes)"
     if head.startswith(JPEG):
         return None if JPEG_END in tail[-16:] else f"a JPEG cut short ({size} bytes)"
-    return "neither a PNG nor a JPEG" if head else "empty"
+    return "neither a PNG, a JPEG nor a DICOM file"
 
 
 def check_images(names: list[str], root: str | Path, what: str, progress: bool = True) -> dict[str, str]:

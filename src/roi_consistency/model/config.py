@@ -9,9 +9,12 @@ the data paths come from the command line where it gives them (see `training.set
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from roi_consistency import flags
 from roi_consistency.data.labels import FINDINGS
 from roi_consistency.errors import UserError
 
@@ -153,9 +156,35 @@ class TrainConfig:
         defaults."""
         groups = {}
         for g, kind in GROUPS.items():
+            given, defaults = d.get(g, {}), kind()
+            if not isinstance(given, dict):
+                raise UserError(f"its config group {g!r} is not a mapping")
             names = {f.name for f in dataclasses.fields(kind)}
-            groups[g] = kind(**{k: v for k, v in d.get(g, {}).items() if k in names})
+            groups[g] = kind(**{k: checked(k, v, getattr(defaults, k)) for k, v in given.items() if k in names})
         return cls(**groups)
+
+
+def checked(name: str, value, default):
+    """A saved setting, refused unless it has its setting's type and, for a number a flag sets, the flag's
+    range: a hand-edited config fails here, in one line, not halfway through a run (or at a 10^6-px resize)."""
+    if name in flags.TRAIN and not (value is None and default is None):
+        try:
+            flags.TRAIN[name](str(value))
+            ok = not isinstance(value, bool)
+        except argparse.ArgumentTypeError:
+            ok = False
+    elif isinstance(default, list):
+        ok = (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)
+              and len(set(value)) == len(value))
+    elif default is None:
+        ok = value is None or isinstance(value, (str, int, float, bool))
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, type(default)) and (isinstance(default, bool) or not isinstance(value, bool))
+    if not ok:
+        raise UserError(f"its setting {name} = {str(value)[:60]!r} is malformed or out of range")
+    return value
 
 
 def config(preset: str | None = None, **settings) -> TrainConfig:
