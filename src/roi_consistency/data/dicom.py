@@ -8,7 +8,6 @@ pyjpegls, gdcm, or Pillow for JPEG 2000); where it finds none, the error names t
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,18 +36,11 @@ def is_dicom(path: str | Path, head: bytes | None = None) -> bool:
     return head[MAGIC_AT:MAGIC_AT + 4] == MAGIC
 
 
-def _pydicom():
-    try:
-        import pydicom
-    except ImportError:
-        raise UserError("reading DICOM needs pydicom: pip install pydicom") from None
-    return pydicom
-
-
-def read_header(path: str | Path, pydicom) -> SimpleNamespace:
+def read_header(path: str | Path) -> SimpleNamespace:
     """The header's fields that matter here (ds, the offset where the pixel data begins, syntax, rows,
     cols, frames, and bytes per sample); a header pydicom cannot parse, or without a transfer syntax or an
     image size, is refused: pydicom reads almost any bytes after "DICM", and parses values lazily."""
+    import pydicom  # here, not at the top: the command line starts without it
     try:
         with open(path, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its complaints become our one-line error below
@@ -77,7 +69,7 @@ def first_line(exc: Exception) -> str:
 def header_problem(path: Path) -> str | None:
     """What the pre-flight check says of a DICOM file, from its header and size alone, or None."""
     try:
-        head = read_header(path, _pydicom())
+        head = read_header(path)
     except UserError as exc:
         return str(exc).split(": ", 1)[-1]
     size = path.stat().st_size
@@ -96,10 +88,8 @@ def header_problem(path: Path) -> str | None:
 def dicom_pixels(path: str | Path, max_pixels: int) -> tuple[np.ndarray, tuple[int, int], tuple | None, bool]:
     """A film's display values as float64 [rows, cols]; its (width, height); the (black, white) values of
     its VOI LUT or window (None without one); and whether it is MONOCHROME1 (to invert once scaled)."""
-    pydicom = _pydicom()
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    head = read_header(path, pydicom)
+    import pydicom
+    head = read_header(path)  # the size first: a bomb is refused before its pixels are read
     if head.rows * head.cols * head.frames > max_pixels:
         raise UserError(f"image {path} claims {head.cols} x {head.rows} pixels in {head.frames} frame(s), more "
                         f"than {max_pixels:,}: a damaged or hostile file, or one to downsize before use")
