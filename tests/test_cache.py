@@ -114,7 +114,8 @@ def test_training_with_device_transforms_reads_the_raw_cache(cache32, phantom64,
     monkeypatch.setattr(train, "augment_on_device", lambda device: True)  # what CUDA gets
     cfg = config(train_csv=str(phantom64["val"]), val_csv=str(phantom64["test"]), image_root=str(phantom64["images"]),
                  cache=str(cache32), img_size=32, backbone="resnet18", pretrained=False, batch_size=16,
-                 accum_steps=1, epochs=1, mask_epochs=1, lr=1e-3, workers=0, save=str(tmp_path / "m.pt"))
+                 accum_steps=1, epochs=1, mask_epochs=1, lr=1e-3, workers=0, save=str(tmp_path / "m.pt"),
+                 classes=list(FINDINGS))
     data = train.build_data(cfg, train.setup_runtime("cpu"))
     assert data.train.raw and isinstance(data.train[(0, 1)][0], tuple)  # uint8 rows and augmentation parameters
     result = train.fit(cfg)

@@ -254,19 +254,13 @@ def test_with_a_cache_box_sizes_come_from_its_index(trained64, phantom64, tmp_pa
     build_cache([str(csv_path)], str(phantom64["images"]), 64, str(tmp_path / "cache"), workers=1, progress=False)
 
     opened = []
-    real_open = boxes.Image.open
-
-    def spy(fp, *a, **k):
-        if not hasattr(fp, "read"):  # a file on disk, not the report's in-memory figures
-            opened.append(fp)
-        return real_open(fp, *a, **k)
-    monkeypatch.setattr(boxes.Image, "open", spy)
+    monkeypatch.setattr(boxes, "source_size", lambda path: opened.append(path))  # reading a header
     m = evaluate_checkpoint(str(trained64), str(csv_path), str(tmp_path / "no-images-here"),
                             bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(tmp_path / "e"),
                             keep_ratios=(0.1,), n_examples=1, workers=0, progress=False, cache=str(tmp_path / "cache"))
     boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
     assert m["localisation"]["n_boxes"] == sum(len(v) for v in boxes.values())
-    assert opened == []  # no PNG was opened: the cache's index knows every size (and the images are elsewhere)
+    assert opened == []  # no header was read: the cache's index knows every size (and the images are elsewhere)
 
 
 def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phantom64, tmp_path, capsys):

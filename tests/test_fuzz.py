@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dicom_files import dicom_bytes
-from roi_consistency import cli
+from roi_consistency import cli, flags
 from roi_consistency.data.boxes import read_boxes
 from roi_consistency.data.dataset import read_label_csv
 from roi_consistency.data.images import decode_image
-from roi_consistency.data.labels import FINDINGS
+from roi_consistency.data.labels import FINDINGS, classes_in
 from roi_consistency.data.nih import read_data_entry
 from roi_consistency.data.preflight import image_problem
 from roi_consistency.errors import UserError
@@ -66,6 +66,7 @@ def test_any_label_csv_is_read_or_explained(data, tmp_path):
     path = tmp_path / "f.csv"
     path.write_bytes(data)
     explained(lambda: read_label_csv(path, FINDINGS), path)
+    explained(lambda: classes_in(path), path)  # what train reads for its findings when --classes is not given
 
 
 @FUZZ
@@ -172,7 +173,7 @@ def test_extra_fields_are_an_error_a_repeated_film_a_warning_and_bom_crlf_fine(t
     with pytest.raises(UserError, match="line 2: 3 field"):
         read_label_csv(path, FINDINGS)
     path.write_bytes("\ufeffimage,labels\r\na.png,Mass\r\na.png,Mass\r\nb.png,Normal\r\n".encode())
-    names, labels = read_label_csv(path, FINDINGS)
+    names, labels, _ = read_label_csv(path, FINDINGS)
     assert names == ["a.png", "a.png", "b.png"] and labels[:, FINDINGS.index("Mass")].tolist() == [1, 1, 0]
     assert "a.png, 2 times" in capsys.readouterr().err
 
@@ -357,7 +358,7 @@ def numeric_flags() -> list[tuple[str, str, object]]:
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, sub in subs.choices.items():
         for action in sub._actions:
-            if action.option_strings and action.type is not None and action.type is not str:
+            if action.option_strings and action.type not in (None, str, flags.findings):  # findings: a list
                 found.append((name, action.option_strings[0], action.type))
     return found
 

@@ -84,3 +84,19 @@ def test_mask_stage_is_kl_and_log_of_the_drop_whose_gradient_does_not_fade():
     assert drop.grad[0, 0].item() > 50 * sig(5.0) * (1 - sig(5.0)) > 0
     full_c = torch.tensor([[1.0, 1.0]], requires_grad=True)  # p_full is the target, never moved
     assert not mask_loss(full_c, torch.zeros(1, 2), torch.zeros(1, 2), None, y, focus, W0)[0].requires_grad
+
+
+def test_an_unknown_label_is_left_out_of_the_loss_not_read_as_negative():
+    logits = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]], requires_grad=True)
+    y = torch.tensor([[1.0, float("nan"), 0.0], [float("nan"), 1.0, 0.0]])
+    loss = bce(logits, y)
+    known = ~torch.isnan(y)
+    assert math.isclose(loss.item(), bce(logits[known][None], y[known][None]).item(), rel_tol=1e-6)
+    loss.backward()
+    assert (logits.grad[~known] == 0).all() and (logits.grad[known] != 0).all()
+    # the mask stage: an unknown finding is not a true one, so nothing asks for its removal
+    f = torch.ones(2, 3)
+    _, terms = mask_loss(logits.detach(), logits.detach(), logits.detach(), None, y, f, W0)
+    assert all(torch.isfinite(v) for v in terms.values())
+    want_drop = (torch.nn.functional.softplus(logits[0, 0]) + torch.nn.functional.softplus(logits[1, 1])) / 2
+    assert math.isclose(terms["drop"].item(), want_drop.item(), rel_tol=1e-6)

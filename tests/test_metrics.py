@@ -99,3 +99,27 @@ def test_the_resampled_auroc_is_sklearns_weighted_auroc():
         assert a == pytest.approx(roc_auc_score(y[w > 0, 1], p[w > 0, 1], sample_weight=w[w > 0]))
     lo, hi = M.mean_auroc_ci(y.astype(float), p, M.resample_counts(80, seed=0))
     assert lo < M.mean_auroc(M.per_class_auroc(y, p, ["a", "b", "c"])) < hi
+
+
+def test_every_per_class_figure_leaves_unknown_labels_out():
+    """A NaN label is unknown: each figure equals the same figure over the images whose label is known, and
+    would differ if the unknowns were read as negatives (their scores are the highest)."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 2)) < 0.4).astype(np.float64)
+    s = np.clip(y * 0.3 + rng.random((60, 2)) * 0.7, 0, 1)
+    y[::5, 0], s[::5, 0] = np.nan, 0.99
+    k = ~np.isnan(y[:, 0])
+    counts = M.resample_counts(60, n=200, seed=1)
+    auc = M.per_class_auroc(y, s, ["a", "b"])
+    assert auc["a"] == M.per_class_auroc(y[k], s[k], ["a", "b"])["a"]
+    assert auc["a"] != M.per_class_auroc(np.nan_to_num(y), s, ["a", "b"])["a"]
+    assert M.choose_thresholds(y, s, ["a", "b"])["a"] == M.choose_thresholds(y[k], s[k], ["a", "b"])["a"]
+    assert M.calibration_bins(y[:, 0], s[:, 0]) == M.calibration_bins(y[k, 0], s[k, 0])
+    assert M.resampled_ece(y[:, 0], s[:, 0], counts) == M.resampled_ece(y[k, 0], s[k, 0], counts[:, k])
+    point = M.operating_point(y[:, 0], s[:, 0], 0.5, counts)
+    assert point["n_pos"] + point["n_neg"] == k.sum()
+    assert M.roc_curves(y, s, ["a", "b"], auc)["a"]["fpr"] == M.roc_curves(y[k], s[k], ["a", "b"], auc)["a"]["fpr"]
+    lo, hi = M.mean_auroc_ci(y, s, counts)
+    assert lo <= M.mean_auroc(auc) <= hi
+    leak = M.mask_leakage(s, y, ["a", "b"])["per_class"]["a"]
+    assert leak == M.mask_leakage(s[k], y[k], ["a", "b"])["per_class"]["a"]

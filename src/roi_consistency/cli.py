@@ -103,6 +103,8 @@ TRAIN_FLAGS = [
     ("train_csv", "--train-csv", "training CSV (image,labels)", ["--train_csv"]),
     ("val_csv", "--val-csv", "validation CSV, scored after every epoch", ["--val_csv"]),
     ("image_root", "--image-root", "folder holding the images named in the CSVs", ["--image_root"]),
+    ("classes", "--classes", "the findings to learn, comma-separated, in output order; unset: every finding the "
+     "training CSV names (NIH's 14 in NIH's order when all are NIH's, else alphabetical)", []),
     ("cache", "--cache", "read images from a cache built by `roi-consistency cache` instead of PNGs", []),
     ("backbone", "--backbone", "any torchvision classification model (resnet18 is fast on CPU; the method's "
      "mask head reads ResNet and ConvNeXt stages)", []),
@@ -131,7 +133,8 @@ TRAIN_FLAGS = [
     ("tensorboard", "--tensorboard", "also write TensorBoard scalars to this folder (needs tensorboard)", []),
 ]
 CHOICES = {"mode": MODES, "device": ("auto", "cpu", "cuda")}
-OPTIONAL_TYPES = {"img_size_start": int, "max_steps": int, "mask_lr": float}  # settings whose default is None
+# settings whose default is None
+OPTIONAL_TYPES = {"img_size_start": int, "max_steps": int, "mask_lr": float, "classes": flags.findings}
 NOT_FLAGS = {"func", "command", "preset"}
 
 
@@ -142,7 +145,7 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
         kind = type(default) if default is not None else OPTIONAL_TYPES.get(name, str)
         kind = flags.TRAIN.get(name, kind)
         t.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, choices=CHOICES.get(name),
-                       help=f"{text} (default: {default})")
+                       help=text if default is None else f"{text} (default: {default})")
         for alias in aliases:
             t.add_argument(alias, dest=name, type=kind, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     t.add_argument("--preset", choices=list(PRESETS), default=argparse.SUPPRESS,

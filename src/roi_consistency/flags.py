@@ -3,12 +3,14 @@ typo's billion is one line naming the flag (argparse prefixes "argument --flag:"
 
 The upper bounds are far above any real run and below what would exhaust a machine: a billion DataLoader
 workers would fork until the kernel kills the shell; a billion-image batch, or a phantom of a billion
-films, would allocate until it does.
+films, would allocate until it does. `findings` parses the one list flag, train's --classes.
 """
 from __future__ import annotations
 
 import argparse
 import math
+
+from roi_consistency.data.labels import LabelError, finding
 
 MAX_BATCH = 1024  # images per batch: 4 GiB of float input at 1024 px, activations aside
 MAX_WORKERS = 256
@@ -59,3 +61,15 @@ TRAIN = {"img_size": SIDE, "img_size_start": integer(0, MAX_SIDE, " pixels (0: o
          "batch_size": integer(1, MAX_BATCH, "; for larger batches add --accum-steps"),
          "accum_steps": integer(1, MAX_BATCH), "lr": RATE, "mask_lr": RATE, "seed": SEED, "max_steps": POSITIVE,
          "save_every": COUNT, "workers": WORKERS}
+
+
+def findings(text: str) -> list[str]:
+    """An argparse type: finding names joined with commas, each once."""
+    try:
+        names = [finding(part) for part in text.split(",")]
+    except LabelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{twice[0]!r} is listed twice")
+    return names

@@ -11,6 +11,7 @@ named as `mask_class`.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -40,13 +41,16 @@ def write_vis(vis_dir: str | Path, name: str, model: ROIModel, s: dict, i: int) 
     write_png(Path(vis_dir) / f"{stem}_drop.png", model.to_gray(drop[0]).cpu().numpy())
 
 
-def prediction_record(name: str, classes: list[str], s: dict, i: int, labels: list[str] | None,
+def prediction_record(name: str, classes: list[str], s: dict, i: int, y: list[float] | None,
                       thresholds: dict | None = None) -> dict:
-    """One image's entry in preds.json; `positive`: the findings at or above their stored thresholds."""
+    """One image's entry in preds.json: `labels` (and `unknown`, where any) from its label vector y;
+    `positive`: the findings at or above their stored thresholds."""
     full, crop, drop = (s[k][i].cpu().double().tolist() for k in ("full", "crop", "drop"))
     rec = {"image": name}
-    if labels is not None:
-        rec["labels"] = labels
+    if y is not None:
+        rec["labels"] = [c for c, v in zip(classes, y) if v > 0.5]
+        if any(math.isnan(v) for v in y):
+            rec["unknown"] = [c for c, v in zip(classes, y) if math.isnan(v)]
     if thresholds is not None:
         rec["positive"] = [c for c, hit in zip(classes, called(np.array(full), classes, thresholds)) if hit]
     rec["prob_full"] = dict(zip(classes, full))
@@ -89,7 +93,7 @@ def infer_csv(checkpoint: str, csv: str, image_root: str, out: str = "preds.json
                 continue
             s = api.score(x.to(dev), r)
             for j, i in enumerate(idx.tolist()):
-                labels = [c for c, v in zip(classes, y[j].tolist()) if v > 0.5] if ds.has_labels else None
+                labels = y[j].tolist() if ds.has_labels else None
                 preds.append(prediction_record(ds.names[i], classes, s, j, labels, model.thresholds))
                 if vis_dir and written < vis_limit:
                     write_vis(vis_dir, ds.names[i], model, s, j)

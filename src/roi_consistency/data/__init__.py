@@ -1,7 +1,8 @@
 """Data: from a dataset on disk to batches.
 
 - nih.py: download, unify and make-csv for NIH ChestX-ray14;  phantom.py: a synthetic stand-in in its layout;
-- labels.py: the findings and their spelling;  boxes.py: ground-truth boxes;
+- labels.py: finding names, and a training CSV's findings;  vocabulary.py: names across datasets;
+- boxes.py: ground-truth boxes;
 - images.py: decoding an image, and reading the decoded-image cache;  cache.py: building that cache;
 - dicom.py: DICOM films through pydicom (display transform, header checks, the phantom's writer);
 - preflight.py: every image checked before a run;  augment.py: augmentation;

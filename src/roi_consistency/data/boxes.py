@@ -1,14 +1,16 @@
-"""Ground-truth boxes (BBox_List_2017.csv's layout): read, and scaled to the model's input pixels."""
+"""Ground-truth boxes (BBox_List_2017.csv's layout, any dataset's finding names): read, and scaled to the
+model's input pixels."""
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
-from PIL import Image
-
 from roi_consistency.data.dataset import ImageCSVDataset
-from roi_consistency.data.labels import LabelError, canonical
+from roi_consistency.data.images import source_size
+from roi_consistency.data.labels import LabelError, finding
+from roi_consistency.data.vocabulary import class_of
 from roi_consistency.errors import UserError
 from roi_consistency.files.text import csv_rows, shown
 
@@ -25,13 +27,13 @@ def read_boxes(path: str | Path) -> dict[str, list[Box]]:
         if not row[0].strip():
             continue
         try:
-            finding, (x, y, w, h) = canonical(row[1]), map(float, row[2:6])
+            name, (x, y, w, h) = finding(row[1]), map(float, row[2:6])
         except (LabelError, ValueError, IndexError) as exc:
             raise UserError(f"{path} line {line_no}: {exc}; expected Image Index,Finding Label,x,y,w,h") from None
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
             raise UserError(f"{path} line {line_no}: box {x:g},{y:g},{w:g},{h:g} is not a box; give x,y,w,h in "
                             "the image's pixels, with w and h above 0")
-        boxes[row[0].strip()].append((finding, x, y, w, h))
+        boxes[row[0].strip()].append((name, x, y, w, h))
     return dict(boxes)
 
 
@@ -50,8 +52,7 @@ def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int,
     for name, bxs in boxes.items():
         src = ds.cache.source_size(name) if ds.cache is not None else None
         if src is None:
-            with Image.open(ds.root / name) as im:
-                src = im.size
+            src = source_size(ds.root / name)
         for f, x, y, w, h in bxs:
             if x >= src[0] or y >= src[1] or x + w <= 0 or y + h <= 0:
                 raise UserError(f"{source}: the {f} box of {shown(name)} ({x:g},{y:g},{w:g},{h:g}) lies outside the "
@@ -62,9 +63,15 @@ def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int,
 
 def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size: int) -> dict[str, list[Box]]:
     """{image: [(finding, x, y, w, h) in model-input pixels]} for the dataset's images with boxes of the
-    model's findings."""
+    model's findings, each named as the model names it (vocabulary.py)."""
     if not bbox:
         return {}
     wanted = set(ds.names)
-    boxes = {n: [b for b in bxs if b[0] in classes] for n, bxs in read_boxes(bbox).items() if n in wanted}
+    listed = {n: bxs for n, bxs in read_boxes(bbox).items() if n in wanted}
+    as_class = {f: class_of(f, classes) for f in {b[0] for bxs in listed.values() for b in bxs}}
+    others = sorted(f for f, c in as_class.items() if c is None)
+    if others:
+        print(f"warning: --bbox {bbox}: boxes of findings the model does not score are left out: "
+              f"{', '.join(map(shown, others))}", file=sys.stderr)
+    boxes = {n: [(as_class[b[0]], *b[1:]) for b in bxs if as_class[b[0]]] for n, bxs in listed.items()}
     return to_model_pixels(ds, {n: bxs for n, bxs in boxes.items() if bxs}, size, f"--bbox {bbox}")

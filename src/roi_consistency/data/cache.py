@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from roi_consistency.data.dataset import read_label_csv
 from roi_consistency.data.images import DONE, IMAGES, INDEX, SIZES, decode_image
-from roi_consistency.data.labels import FINDINGS
 from roi_consistency.errors import UserError
 from roi_consistency.files.atomic import write_json
 
@@ -46,7 +45,7 @@ def _fill_rows(out: str, n: int, size: int, root: str, rows: list[tuple[int, str
 def build_cache(csvs: list[str], image_root: str, size: int, out: str, workers: int | None = None,
                 progress: bool = True) -> dict:
     """Build (or finish) the cache; returns its index. Corrupt or missing images are named in a UserError."""
-    names = sorted({n for c in csvs for n in read_label_csv(c, list(FINDINGS))[0]})
+    names = sorted({n for c in csvs for n in read_label_csv(c, [])[0]})
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / INDEX

@@ -17,8 +17,9 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from roi_consistency.data.augment import aug_params, augment, augment_batch
 from roi_consistency.data.images import load_image
-from roi_consistency.data.labels import LabelError, parse_labels
+from roi_consistency.data.labels import LabelError, split_labels
 from roi_consistency.data.preflight import preflight
+from roi_consistency.data.vocabulary import Match, match
 from roi_consistency.errors import UserError
 from roi_consistency.files.text import read_table
 
@@ -39,31 +40,51 @@ def image_name(text: str | None, csv_path: Path, line_no: int) -> str:
     return name
 
 
-def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray | None]:
-    """Image names and a float32 multi-hot matrix (None when the CSV has no labels column). A film listed
-    more than once is kept as listed (each listing is scored), with a warning."""
+def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray | None, Match | None]:
+    """Image names, a float32 label matrix over `classes` (None when the CSV has no labels column) and how
+    the CSV's finding names were read as the classes (vocabulary.match; None: as they are). A label is 1 for
+    a finding in the labels column, NaN for one in the optional unknown column or one the CSV of another
+    vocabulary never names, else 0. A film listed more than once is kept as listed (each listing is scored),
+    with a warning."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: CSV not found (make one with `roi-consistency make-csv`)")
     header, records = read_table(path, ("image",))
-    has_labels = "labels" in header
     names, rows = [], []
-    index = {c: i for i, c in enumerate(classes)}
     for line_no, row in records:
         names.append(image_name(row["image"], path, line_no))
-        if has_labels:
-            vec = np.zeros(len(classes), np.float32)
-            try:
-                for f in parse_labels(row["labels"]):
-                    if f in index:
-                        vec[index[f]] = 1.0
-            except LabelError as exc:
-                raise UserError(f"{path} line {line_no}: {exc}") from None
-            rows.append(vec)
+        if "labels" in header:
+            rows.append(split_row(row, f"{path} line {line_no}"))
     if not names:
         raise UserError(f"{path}: no rows")
     warn_repeated(names, path)
-    return names, (np.stack(rows) if has_labels else None)
+    if "labels" not in header:
+        return names, None, None
+    m = match(classes, list(dict.fromkeys(n for positive, unknown in rows for n in positive + unknown)))
+    columns: dict[str, list[int]] = {}  # a CSV name -> the columns it is read as
+    for j, c in enumerate(classes):
+        for n in m.reads.get(c, ()) if m else (c,):
+            columns.setdefault(n, []).append(j)
+    labels = np.zeros((len(rows), len(classes)), np.float32)
+    labels[:, [classes.index(c) for c in (m.unlabelled if m else ())]] = np.nan
+    for i, (positive, unknown) in enumerate(rows):
+        for n in unknown:
+            labels[i, columns.get(n, [])] = np.nan
+        for n in positive:  # after: a Nodule/Mass column is positive where either part is, whatever the other
+            labels[i, columns.get(n, [])] = 1.0
+    return names, labels, m
+
+
+def split_row(row: dict[str, str], where: str) -> tuple[list[str], list[str]]:
+    """A film's findings: those in its labels column, and those in its unknown column."""
+    try:
+        positive, unknown = split_labels(row["labels"]), split_labels(row.get("unknown"))
+    except LabelError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    both = set(positive) & set(unknown)
+    if both:
+        raise UserError(f"{where}: {sorted(both)[0]!r} is in both the labels and the unknown column; keep it in one")
+    return positive, unknown
 
 
 def warn_repeated(names: list[str], path: Path) -> None:
@@ -104,8 +125,10 @@ class ImageCSVDataset(Dataset):
 
     def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
                  augment: bool = False, cache=None, raw: bool = False):
-        self.csv_path, (self.names, labels) = Path(csv_path), read_label_csv(csv_path, classes)
+        self.csv_path, (self.names, labels, self.match) = Path(csv_path), read_label_csv(csv_path, classes)
         self.classes = list(classes)
+        if self.match:  # another dataset's names: say how they were read
+            print(f"{csv_path}: findings {self.match.describe()}", file=sys.stderr)
         self.cache = cache  # an ImageCache: decoded rows instead of PNG files
         if cache is not None:
             missing = [n for n in self.names if n not in cache.row]

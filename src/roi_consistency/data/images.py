@@ -79,6 +79,20 @@ def to_uint8(values: np.ndarray, black: float | None = None, white: float | None
     return np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
 
 
+def source_size(path: str | Path) -> tuple[int, int]:
+    """A film's own (width, height), which box coordinates refer to, from its header alone."""
+    try:
+        if dicom.is_dicom(path):
+            head = dicom.read_header(path)
+            return head.cols, head.rows
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise UserError(f"image {path} not found (check --image-root)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"image {path} could not be decoded ({exc})") from None
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     return decode_image(path, size)[0]
 

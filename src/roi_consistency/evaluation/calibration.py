@@ -17,10 +17,12 @@ def calibration_section(y: np.ndarray, p: np.ndarray, classes: list[str], thresh
     over every (image, class) pair."""
     per_class = {}
     for j, c in enumerate(classes):
-        row = {"ece": M.calibration_bins(y[:, j], p[:, j])["ece"],
-               "ece_ci95": M.resampled_ece(y[:, j], p[:, j], counts), "n_pos": int((y[:, j] > 0.5).sum())}
+        labelled = M.known(y[:, j]).any()
+        row = {"ece": M.calibration_bins(y[:, j], p[:, j])["ece"] if labelled else None,
+               "ece_ci95": M.resampled_ece(y[:, j], p[:, j], counts), "n_pos": int((y[:, j] > 0.5).sum()),
+               "n_unknown": int((~M.known(y[:, j])).sum())}
         t = thresholds["values"].get(c) if thresholds else None
-        if t is not None and 0 < row["n_pos"] < len(y):
+        if t is not None and 0 < row["n_pos"] < len(y) - row["n_unknown"]:
             row.update(M.operating_point(y[:, j], p[:, j], t, counts))
         per_class[c] = row
     # a finding without positives in the test set is trivially calibrated near 0: it would flatter the mean

@@ -69,7 +69,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     summary = summarize(t, y, cfg, checkpoint, bbox is not None, opt.seed, model.thresholds, csv_path, opt.curve_images)
     confounders = confounders_section(found, opt.confounders, listed[1], opt.seed) if found else None
     result: Metrics = {**summary, "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None,
-                       "confounders": confounders,
+                       "confounders": confounders, "vocabulary": ds.match.as_dict() if ds.match else None,
                        "environment": {"trained": model.trained_on, "evaluated": environment(dev)}}
     if gallery is not None:
         result["gallery"] = gallery.finish()

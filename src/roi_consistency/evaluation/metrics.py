@@ -1,4 +1,5 @@
-"""Metrics as pure numpy functions (no files, no devices)."""
+"""Metrics as pure numpy functions (no files, no devices). A label of NaN is unknown (data/labels.py): every
+per-class figure leaves those images out of that class."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,13 +8,19 @@ from sklearn.metrics import roc_auc_score
 from roi_consistency.model.config import THRESHOLD_RULES
 
 
+def known(col: np.ndarray) -> np.ndarray:
+    """Which images a label column labels (not NaN)."""
+    return ~np.isnan(np.asarray(col, np.float64))
+
+
 def per_class_auroc(y_true: np.ndarray, y_score: np.ndarray, classes: list[str]) -> dict[str, float | None]:
-    """AUROC per class; None where the column has only one label value (AUROC is undefined)."""
+    """AUROC per class over its known labels; None where they hold one value only (AUROC is undefined)."""
     y_true, y_score = np.asarray(y_true), np.asarray(y_score)
     out: dict[str, float | None] = {}
     for j, name in enumerate(classes):
-        col = y_true[:, j]
-        out[name] = None if col.min() == col.max() else float(roc_auc_score(col, y_score[:, j]))
+        k = known(y_true[:, j])
+        col = y_true[k, j] > 0.5
+        out[name] = None if col.all() or not col.any() else float(roc_auc_score(col, y_score[k, j]))
     return out
 
 
@@ -69,13 +76,14 @@ def mask_leakage(features: np.ndarray, y: np.ndarray, classes: list[str], folds:
     x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     out: dict[str, float | None] = {}
     for j, name in enumerate(classes):
-        col = np.asarray(y)[:, j] > 0.5
+        rows = known(np.asarray(y)[:, j])
+        col = np.asarray(y)[rows, j] > 0.5
         k = min(folds, int(col.sum()), int((~col).sum()))
         if k < 2:
             out[name] = None
             continue
         cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        p = cross_val_predict(LogisticRegression(max_iter=2000), x, col, cv=cv, method="predict_proba")[:, 1]
+        p = cross_val_predict(LogisticRegression(max_iter=2000), x[rows], col, cv=cv, method="predict_proba")[:, 1]
         out[name] = float(roc_auc_score(col, p))
     return {"per_class": out, "mean_auroc": mean_auroc(out)}
 
@@ -86,7 +94,8 @@ def roc_curves(y_true: np.ndarray, y_score: np.ndarray, classes: list[str], auro
     out = {}
     for j, c in enumerate(classes):
         if auroc.get(c) is not None:
-            fpr, tpr, _ = roc_curve(y_true[:, j], y_score[:, j])
+            k = known(y_true[:, j])
+            fpr, tpr, _ = roc_curve(y_true[k, j] > 0.5, y_score[k, j])
             out[c] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": auroc[c]}
     return out
 
@@ -134,6 +143,8 @@ def paired_test(a, b, image_of, counts: np.ndarray) -> dict:
 def _resampled_auroc(y: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """One class's AUROC in every resample at once (NaN where a resample lacks a label value): the
     weighted Mann-Whitney statistic, ties counting half, over the scores sorted once."""
+    if not len(y):  # a class without a known label
+        return np.full(len(counts), np.nan)
     order = np.argsort(score, kind="stable")
     s, pos = score[order], y[order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # one group per distinct score
@@ -147,8 +158,9 @@ def _resampled_auroc(y: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np
 
 def mean_auroc_ci(y_true: np.ndarray, y_score: np.ndarray, counts: np.ndarray) -> list[float] | None:
     """95 % bootstrap interval of the mean AUROC over classes (each resample's defined classes)."""
-    y = np.asarray(y_true) > 0.5
-    per_class = np.stack([_resampled_auroc(y[:, j], np.asarray(y_score)[:, j], counts) for j in range(y.shape[1])])
+    y, score = np.asarray(y_true), np.asarray(y_score)
+    per_class = np.stack([_resampled_auroc(y[k, j] > 0.5, score[k, j], counts[:, k])
+                          for j in range(y.shape[1]) for k in [known(y[:, j])]])
     defined = ~np.isnan(per_class).all(0)
     if not defined.any():
         return None
@@ -177,9 +189,13 @@ def choose_thresholds(y_true: np.ndarray, y_score: np.ndarray, classes: list[str
     class lacks positives or negatives there."""
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {rule!r}: choose from {', '.join(THRESHOLD_RULES)}")
-    y, p = np.asarray(y_true) > 0.5, np.asarray(y_score, np.float64)
-    return {c: None if y[:, j].all() or not y[:, j].any() else _threshold(y[:, j], p[:, j], rule)
-            for j, c in enumerate(classes)}
+    y, p = np.asarray(y_true), np.asarray(y_score, np.float64)
+    out = {}
+    for j, c in enumerate(classes):
+        k = known(y[:, j])
+        col = y[k, j] > 0.5
+        out[c] = None if col.all() or not col.any() else _threshold(col, p[k, j], rule)
+    return out
 
 
 ECE_BINS = 15
@@ -188,8 +204,10 @@ ECE_BINS = 15
 def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> dict:
     """Reliability of probabilities p against labels y (any shape, flattened): per equal-width bin of p,
     its count, mean probability and observed frequency (None where empty), and the expected calibration
-    error, the count-weighted mean gap |frequency - probability| (Naeini et al. 2015)."""
+    error, the count-weighted mean gap |frequency - probability| (Naeini et al. 2015). Unknown labels are
+    left out."""
     y, p = np.asarray(y, np.float64).ravel(), np.asarray(p, np.float64).ravel()
+    y, p = y[known(y)], p[known(y)]
     b = np.minimum((p * bins).astype(np.int64), bins - 1)
     n = np.bincount(b, minlength=bins)
     sp, sy = np.bincount(b, weights=p, minlength=bins), np.bincount(b, weights=y, minlength=bins)
@@ -201,17 +219,21 @@ def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> dict
 
 
 def resampled_ece(y: np.ndarray, p: np.ndarray, counts: np.ndarray, bins: int = ECE_BINS) -> list[float] | None:
-    """95 % bootstrap interval of one class's ECE: each resample reweights the images (counts [R, n])."""
-    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    """95 % bootstrap interval of one class's ECE: each resample reweights the images (counts [R, n]) with a
+    known label."""
+    k = known(y)
+    y, p, counts = np.asarray(y, np.float64)[k], np.asarray(p, np.float64)[k], counts[:, k]
     onehot = np.eye(bins)[np.minimum((p * bins).astype(np.int64), bins - 1)]  # [n, bins]
-    gap = np.abs(counts @ (onehot * (y - p)[:, None])).sum(1) / counts.sum(1)
-    return [float(np.percentile(gap, 2.5)), float(np.percentile(gap, 97.5))] if len(y) else None
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample may draw no image with a known label
+        gap = np.abs(counts @ (onehot * (y - p)[:, None])).sum(1) / counts.sum(1)
+    return [float(np.nanpercentile(gap, 2.5)), float(np.nanpercentile(gap, 97.5))] if len(y) else None
 
 
 def operating_point(y: np.ndarray, p: np.ndarray, threshold: float, counts: np.ndarray) -> dict:
-    """Sensitivity and specificity of one class at a threshold, with 95 % bootstrap intervals."""
-    y, called = np.asarray(y) > 0.5, np.asarray(p) >= threshold
-    img = np.arange(len(y))
+    """Sensitivity and specificity of one class at a threshold, with 95 % bootstrap intervals, over the images
+    whose label is known."""
+    img = np.flatnonzero(known(y))
+    y, called = np.asarray(y)[img] > 0.5, np.asarray(p)[img] >= threshold
     sens = mean_ci(called[y].astype(np.float64), img[y], counts)
     spec = mean_ci((~called[~y]).astype(np.float64), img[~y], counts)
     return {"threshold": threshold, "n_pos": int(y.sum()), "n_neg": int((~y).sum()),

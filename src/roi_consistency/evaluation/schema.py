@@ -4,7 +4,7 @@ gallery and the model card read (outputs/). A figure per keep ratio is keyed by 
     {"n_images", "classes", "keep_ratio", "keep_ratios", "road_ratios", "checkpoint", "fill", "maps",
      "auroc", "mean_auroc", "faithfulness", "road", "kept_fraction", "localisation", "box_control",
      "localisation_by_size", "leakage", "leakage_boxed", "uncertainty", "curves", "calibration",
-     "sanity", "confounders", "skipped_images", "gallery", "environment"}
+     "sanity", "confounders", "vocabulary", "skipped_images", "gallery", "environment"}
 
 Every figure is None where it is undefined (a class with one label value, no boxes given, ...).
 """
@@ -123,9 +123,9 @@ class Calibration(TypedDict, total=False):
     bins: int
     mean_ece: Optional[float]  # the mean of per_class's ECE over the findings with positives in the test set
     mean_ece_over: list  # ... those findings
-    reliability: dict  # {"count", "confidence", "frequency", "ece"} over every (image, finding) pair
-    per_class: dict  # {finding: {"ece", "ece_ci95", "n_pos", and at a threshold "threshold", "sensitivity",
-    #                   "sensitivity_ci95", "specificity", "specificity_ci95", "n_neg"}}
+    reliability: dict  # {"count", "confidence", "frequency", "ece"} over every labelled (image, finding) pair
+    per_class: dict  # {finding: {"ece", "ece_ci95", "n_pos", "n_unknown", and at a threshold "threshold",
+    #                   "sensitivity", "sensitivity_ci95", "specificity", "specificity_ci95", "n_neg"}}
     thresholds: Optional[dict]  # {"rule", "csv", "n_images"} of the checkpoint's operating points
     warning: str
 
@@ -207,6 +207,8 @@ class Metrics(TypedDict):
     calibration: Calibration
     sanity: Optional[Sanity]
     confounders: Optional[Confounders]  # evaluate --confounders (confounders.py)
+    vocabulary: Optional[dict]  # how the CSV's finding names were read as the model's, where they differ:
+    #                             {"read_as": {class: [CSV names]}, "unlabelled": [classes], "unscored": [names]}
     skipped_images: list
     gallery: Optional[GallerySection]
     environment: dict  # {"trained": runtime.environment or None, "evaluated": runtime.environment}

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from roi_consistency import flags
-from roi_consistency.data.labels import FINDINGS
+from roi_consistency.data.labels import LabelError, finding
 from roi_consistency.errors import UserError
 
 THRESHOLD_RULES = ("youden", "f1")  # how operating points are chosen (evaluation.metrics.choose_thresholds)
@@ -30,7 +30,8 @@ class DataConfig:
     val_csv: str | None = "nih_roi_val.csv"
     image_root: str = "images"
     cache: str | None = None  # a folder made by `roi-consistency cache`
-    classes: list[str] = field(default_factory=lambda: list(FINDINGS))
+    # the findings to learn, in output order; None: those the training CSV names (data.labels.classes_in)
+    classes: list[str] | None = None
     augment: bool = True
     skip_bad_images: bool = False  # leave out images the pre-flight check finds bad, instead of stopping
 
@@ -173,9 +174,8 @@ def checked(name: str, value, default):
             ok = not isinstance(value, bool)
         except argparse.ArgumentTypeError:
             ok = False
-    elif isinstance(default, list):
-        ok = (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)
-              and len(set(value)) == len(value))
+    elif name == "classes":
+        ok = isinstance(value, list) and value and len(set(value)) == len(value) and all(map(_finding, value))
     elif default is None:
         ok = value is None or isinstance(value, (str, int, float, bool))
     elif isinstance(default, float):
@@ -185,6 +185,13 @@ def checked(name: str, value, default):
     if not ok:
         raise UserError(f"its setting {name} = {str(value)[:60]!r} is malformed or out of range")
     return value
+
+
+def _finding(name) -> bool:
+    try:
+        return isinstance(name, str) and finding(name) == name
+    except LabelError:
+        return False
 
 
 def config(preset: str | None = None, **settings) -> TrainConfig:

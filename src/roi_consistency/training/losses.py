@@ -18,7 +18,13 @@ TERMS = ("bce", "evalx", "consist", "drop", "sparse", "tv")
 
 
 def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+    """Mean binary cross-entropy over the known labels: a NaN target (a finding the film is not labelled
+    for) is left out, not read as negative."""
+    known = ~torch.isnan(target)
+    if known.all():  # every label known: the plain mean, bit for bit what it always was
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float())
+    el = F.binary_cross_entropy_with_logits(logits.float(), target.float().nan_to_num(0.0), reduction="none")
+    return (el * known).sum() / known.sum().clamp(min=1)
 
 
 def consistency(p_full: torch.Tensor, p_crop: torch.Tensor) -> torch.Tensor:
@@ -70,7 +76,7 @@ def mask_loss(full: torch.Tensor, crop: torch.Tensor, drop: torch.Tensor, soft: 
     entropy = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))  # autocast-safe, unlike F.bce
     consist_el = F.binary_cross_entropy_with_logits(crop.float(), q, reduction="none") - entropy
     drop_el = F.softplus(drop.float())  # -log(1 - sigmoid(drop))
-    pos = target.float() * f
+    pos = target.float().nan_to_num(0.0) * f  # an unknown finding is no true finding to remove
     terms = {"consist": (consist_el * f).sum() / f.sum().clamp(min=1.0),
              "drop": (drop_el * pos).sum() / pos.sum().clamp(min=1.0), **_mask_terms(soft, full)}
     return _weighted(terms, weights), {k: v.detach() for k, v in terms.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+from roi_consistency.data.labels import classes_in
 from roi_consistency.errors import UserError
 from roi_consistency.model.config import GROUP_OF, PRESETS, THRESHOLD_RULES, TrainConfig
 from roi_consistency.model.trained import checkpoint_config
@@ -22,6 +23,9 @@ def resume_config(cli: TrainConfig, ckpt: dict, given: set[str], path: str) -> T
     from the command line where it gives them, else the checkpoint's (the data may have moved; the epoch
     counts may grow). Given flags that this ignores are named in one warning."""
     saved = checkpoint_config(ckpt, path)
+    if "classes" in given and cli.data.classes != saved.data.classes:
+        raise UserError(f"--classes: the checkpoint {path} learns {', '.join(saved.data.classes)}; a resumed run "
+                        "keeps its findings (leave --classes out)")
     from_cli = {k for k in given if GROUP_OF[k] in ("data", "run")}
     if "preset" in given:  # a preset given again sets its run settings (epoch counts, workers) as flags would
         from_cli |= {k for k in PRESETS[cli.run.preset] if GROUP_OF[k] in ("data", "run")}
@@ -38,6 +42,11 @@ def resume_config(cli: TrainConfig, ckpt: dict, given: set[str], path: str) -> T
               + ", ".join(ignored), file=sys.stderr)
     # --max-steps and --resume say where this invocation stops and starts: never inherited
     return saved.replace(**{**keep, "max_steps": cli.run.max_steps, "resume": cli.run.resume})
+
+
+def with_classes(cfg: TrainConfig) -> TrainConfig:
+    """The config with its findings named: --classes, a resumed checkpoint's, or those the training CSV names."""
+    return cfg if cfg.data.classes is not None else cfg.replace(classes=classes_in(cfg.data.train_csv))
 
 
 def given_by_defaults(cfg: TrainConfig) -> set[str]:

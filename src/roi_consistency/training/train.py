@@ -21,12 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from roi_consistency.data.dataset import ImageCSVDataset, SeededSampler, normal_mean_image
 from roi_consistency.data.images import ImageCache
+from roi_consistency.data.labels import FINDINGS
 from roi_consistency.errors import UserError
 from roi_consistency.files.checkpoint import best_path, read_checkpoint, save_checkpoint
 from roi_consistency.files.lock import RunLock
@@ -37,7 +39,7 @@ from roi_consistency.model.trained import load_weights, read_weights
 from roi_consistency.runtime import Runtime, StopFlag, environment, setup_runtime, workers_reaped_on_error
 from roi_consistency.training import classifier, joint, mask
 from roi_consistency.training.loop import LoopSettings, make_loader, make_scheduler
-from roi_consistency.training.settings import check_config, given_by_defaults, resume_config
+from roi_consistency.training.settings import check_config, given_by_defaults, resume_config, with_classes
 from roi_consistency.training.stage import Stage
 from roi_consistency.training.state import (
     Position,
@@ -76,6 +78,9 @@ def build_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
     raw = cache is not None and augment_on_device(rt.device)
     train = ImageCSVDataset(d.train_csv, d.image_root, size, d.classes, d.augment, cache, raw)
     val = ImageCSVDataset(d.val_csv, d.image_root, size, d.classes, cache=cache, raw=raw) if d.val_csv else None
+    if train.match and train.match.unlabelled:
+        raise UserError(f"{d.train_csv} never names {', '.join(train.match.unlabelled)}, which --classes asks the "
+                        "model to learn; give the CSV's own names")
     for ds in (train, val):
         if ds is not None and not ds.has_labels:
             raise UserError(f"{ds.csv_path}: training and validation CSVs need a labels column (image,labels)")
@@ -88,6 +93,18 @@ def build_data(cfg: TrainConfig, rt: Runtime) -> TrainData:
                              rt.device) if val else None
     return TrainData(train, val, sampler, make_loader(train, sampler, bs, workers, rt.device), val_loader,
                      math.ceil(len(sampler.inner) / bs))
+
+
+def findings_line(classes: list[str], labels) -> str:
+    """What the model learns: its findings, and those without a positive training film or with unknowns."""
+    pos, unknown = (labels > 0.5).sum(0), np.isnan(labels).sum(0)
+    nih = " (NIH's 14)" if classes == list(FINDINGS) else f": {', '.join(classes)}"
+    parts = [f"findings: {len(classes)}{nih}"]
+    if (pos == 0).any():
+        parts.append(f"without a positive training film: {', '.join(c for c, k in zip(classes, pos) if k == 0)}")
+    if unknown.any():
+        parts.append("unknown on " + ", ".join(f"{c} {k:,}" for c, k in zip(classes, unknown) if k) + " film(s)")
+    return "; ".join(parts)
 
 
 def init_model(cfg: TrainConfig, rt: Runtime, data: TrainData, ckpt: dict | None) -> ROIModel:
@@ -228,6 +245,7 @@ def start(cfg: TrainConfig, given: set[str] | None) -> tuple[TrainConfig, Runtim
                             f"to resume; start a new run from its classifier with --weights {cfg.run.resume}")
         ckpt = read_checkpoint(cfg.run.resume, "--resume")
         cfg = resume_config(cfg, ckpt, given, cfg.run.resume)
+    cfg = with_classes(cfg)
     check_config(cfg, given)
     return cfg, rt, ckpt
 
@@ -248,6 +266,7 @@ def train_run(cfg: TrainConfig, rt: Runtime, ckpt: dict | None) -> dict:
               f"images; {cfg.model.backbone} at {cfg.model.img_size}px, stages "
               f"{', '.join(f'{n} {e} epoch(s)' for n, e in cfg.stages() if e)}, device {rt.device}, "
               f"{rt.world} process(es)")
+        print(findings_line(cfg.data.classes, data.train.labels))
     model = init_model(cfg, rt, data, ckpt)
     state = RunState.from_checkpoint(ckpt, rank_rng(ckpt, rt)) if ckpt else RunState()
     if ckpt:
