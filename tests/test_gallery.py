@@ -17,6 +17,10 @@ def test_cards_are_true_positives_misses_false_positives_and_negatives():
     th = {"values": {"a": 0.5, "b": 0.5, "c": 0.5}}
     assert cards_of(list("wxyz"), y, p, ["a", "b", "c"], th) == [
         (0, 0, "TP"), (1, 0, "missed"), (1, 1, "TP"), (1, 2, "FP"), (2, 1, "TN"), (3, 2, "FP")]
+    # an unknown label is neither true nor false: called or not, it gets no card, nor the TN card
+    y[1, 2] = y[2, 1] = y[3, 2] = np.nan
+    assert cards_of(list("wxyz"), y, p, ["a", "b", "c"], th) == [
+        (0, 0, "TP"), (1, 0, "missed"), (1, 1, "TP"), (2, 2, "TN"), (3, 0, "TN")]
 
 
 def test_cards_reuse_the_maps_the_passes_drew_and_draw_only_the_others(trained64, tmp_path):

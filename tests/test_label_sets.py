@@ -9,10 +9,12 @@ import torch
 
 from roi_consistency.cli import main
 from roi_consistency.data.labels import FINDINGS, split_labels
+from roi_consistency.errors import UserError
 from roi_consistency.evaluation.evaluate import evaluate_checkpoint
 from roi_consistency.evaluation.metrics import per_class_auroc
 from roi_consistency.infer import infer_csv
 from roi_consistency.model.config import config
+from roi_consistency.model.trained import checkpoint_config
 from roi_consistency.training.train import fit
 
 RENAMED = {f: f"finding {i:02d}" for i, f in enumerate(FINDINGS)}  # sorts as NIH's order does
@@ -148,3 +150,29 @@ def test_a_model_scored_on_the_same_films_in_another_vocabulary_gives_the_same_f
         assert other[key] == direct[key], key
     assert other["calibration"]["mean_ece"] == direct["calibration"]["mean_ece"]
     assert other["calibration"]["per_class"]["Hernia"]["n_unknown"] == other["n_images"]
+
+
+def test_the_fill_is_drawn_from_films_without_a_finding_when_every_film_has_one_unknown(phantom64, tmp_path):
+    """A finding the dataset does not label (unknown on every film) leaves the normal films normal."""
+    from roi_consistency.data.dataset import ImageCSVDataset, normal_mean_image
+    path = rewrite(phantom64["val"], tmp_path / "v.csv", lambda i, f: (f, ["Hernia"]))
+    ds, plain = (ImageCSVDataset(p, phantom64["images"], 32, list(FINDINGS)) for p in (path, phantom64["val"]))
+    assert np.isnan(ds.labels[:, FINDINGS.index("Hernia")]).all()
+    assert torch.equal(normal_mean_image(ds), normal_mean_image(plain))
+
+
+def test_weights_of_other_findings_start_a_fresh_head_and_a_saved_config_must_name_its_findings(
+        phantom64, trained64, tmp_path, capsys):
+    csvs = [rewrite(phantom64[s], tmp_path / f"{s}.csv", lambda i, f: ([RENAMED[n] for n in f], []))
+            for s in ("train", "val")]
+    names = tuple(RENAMED.values())  # 14 findings, as trained64's head has: it would load by shape alone
+    fit(small(phantom64, *csvs, tmp_path / "w.pt", weights=str(trained64), classes=names, max_steps=1))
+    assert "scored Atelectasis, Cardiomegaly" in capsys.readouterr().out
+    ck = torch.load(tmp_path / "w.pt", map_location="cpu", weights_only=True)
+    nih = torch.load(trained64, map_location="cpu", weights_only=True)
+    assert ck["classes"] == list(names)  # a tuple from Python is stored as the list a checkpoint holds
+    assert not torch.equal(ck["backbone"]["fc.bias"], nih["backbone"]["fc.bias"])
+    with pytest.raises(UserError, match="--epochs 0 trains only the mask, against the classifier in --weights"):
+        fit(small(phantom64, *csvs, tmp_path / "m.pt", weights=str(trained64), classes=names, epochs=0))
+    with pytest.raises(UserError, match="names no findings"):
+        checkpoint_config({"config": {}}, "old.pt")

@@ -40,6 +40,11 @@ def test_format_round_trip():
     assert parse_labels(format_labels(["Mass", "Cardiomegaly"])) == ["Cardiomegaly", "Mass"]
 
 
+def test_no_finding_together_with_findings_is_refused():
+    with pytest.raises(LabelError, match="'No Finding' together with findings"):
+        split_labels("No Finding|Effusion")
+
+
 def test_any_dataset_names_its_own_findings_in_the_order_given():
     assert split_labels("Pleural effusion| Nodule/Mass |Pleural effusion") == ["Pleural effusion", "Nodule/Mass"]
     for bad in ("Effusion|a,b", "Effusion|tab\there", "x" * 101):
@@ -92,6 +97,6 @@ def test_a_finding_both_labelled_and_unknown_is_refused_by_line(tmp_path):
 
 def test_the_classes_flag_lists_each_name_once():
     assert findings("Edema, Pleural effusion") == ["Edema", "Pleural effusion"]
-    for bad, message in (("Edema,Edema", "listed twice"), ("Edema,,Mass", "is empty")):
+    for bad, message in (("Edema,Edema", "listed twice"), ("Edema,edema", "listed twice"), ("Edema,,Mass", "is empty")):
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             findings(bad)

@@ -90,7 +90,7 @@ def command_modules() -> set[str]:
 def test_commands_are_imported_by_the_command_line_only():
     commands = command_modules()
     assert commands == {f"roi_consistency.{m}" for m in (
-        "data.nih", "data.phantom", "data.cache", "training.train", "infer", "evaluation.evaluate",
+        "data.nih", "data.sources", "data.phantom", "data.cache", "training.train", "infer", "evaluation.evaluate",
         "evaluation.calibrate", "evaluation.sanity", "outputs.export", "outputs.screenshot")}
     borrowed = [f"{name} imports {sorted(imports(path) & commands)}" for name, path in MODULES.items()
                 if name != "roi_consistency.cli" and imports(path) & commands]

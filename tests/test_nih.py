@@ -6,7 +6,7 @@ import random
 import pytest
 
 from roi_consistency import cli
-from roi_consistency.data import nih
+from roi_consistency.data import kaggle, nih
 from roi_consistency.errors import UserError
 
 HEADER_2017 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -162,7 +162,7 @@ def test_unify_without_shards_is_a_clear_error(tmp_path):
 # --------------------------------------------------------------------------------------- download
 
 def test_download_offline_is_a_clean_error(monkeypatch, capsys):
-    monkeypatch.setattr(nih, "_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(kaggle, "reachable", lambda *a, **k: False)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["download"])
     assert exit_info.value.code == 2
@@ -176,7 +176,7 @@ def test_download_kagglehub_failure_is_a_clean_error(monkeypatch):
 
     def boom(handle):
         raise ConnectionError("Failed to resolve 'api.kaggle.com'")
-    monkeypatch.setattr(nih, "_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(kaggle, "reachable", lambda *a, **k: True)
     monkeypatch.setattr(kagglehub, "dataset_download", boom)
     with pytest.raises(UserError, match="--data-root"):
         nih.download()
@@ -186,8 +186,26 @@ def test_download_dest_links_result(monkeypatch, tmp_path, capsys):
     import kagglehub
     cache = tmp_path / "cache" / "versions" / "3"
     cache.mkdir(parents=True)
-    monkeypatch.setattr(nih, "_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(kaggle, "reachable", lambda *a, **k: True)
     monkeypatch.setattr(kagglehub, "dataset_download", lambda handle: str(cache))
     cli.main(["download", "--dest", str(tmp_path / "nih")])
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "nih")
     assert (tmp_path / "nih").resolve() == cache.resolve()
+
+
+def test_download_of_another_dataset_uses_its_kaggle_copy_or_says_where_to_get_it(monkeypatch, tmp_path, capsys):
+    import kagglehub
+    asked = []
+    monkeypatch.setattr(kaggle, "reachable", lambda *a, **k: True)
+    monkeypatch.setattr(kagglehub, "competition_download", lambda handle: asked.append(("c", handle)) or str(tmp_path))
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle: asked.append(("d", handle)) or str(tmp_path))
+    cli.main(["download", "--dataset", "vindr"])
+    cli.main(["download", "--dataset", "siim"])
+    assert asked == [("c", "vinbigdata-chest-xray-abnormalities-detection"),
+                     ("d", "jesperdramsch/siim-acr-pneumothorax-segmentation-data")]
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path)] * 2
+    for name, where in (("chexpert", "stanfordaimi"), ("padchest", "bimcv"), ("nih-google", "cloud.google.com")):
+        with pytest.raises(SystemExit):
+            cli.main(["download", "--dataset", name])
+        err = capsys.readouterr().err
+        assert f"{name} is not downloaded by this tool" in err and where in err and "--data-root" in err

@@ -43,13 +43,19 @@ CALIBRATE_HELP = "a checkpoint written by `roi-consistency train`: the threshold
 
 
 def _download(a: argparse.Namespace) -> None:
-    """fetch NIH ChestX-ray14 from Kaggle
+    """fetch a dataset (NIH ChestX-ray14 by default) from Kaggle
 
-    Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with kagglehub. The cache folder follows
-    $KAGGLEHUB_CACHE. Prints the dataset folder on the last line of stdout.
+    Download the Kaggle dataset nih-chest-xrays/data (~42 GB) with kagglehub, or with --dataset another
+    dataset's Kaggle copy (a competition's needs an account that accepted its rules); for a dataset behind a
+    registration, say where to get it. The cache folder follows $KAGGLEHUB_CACHE. Prints the dataset folder
+    on the last line of stdout.
     """
-    from roi_consistency.data.nih import download
-    print(download(a.dest, copy=a.copy))  # last line of stdout: the dataset folder, for scripts
+    if a.dataset == "nih":
+        from roi_consistency.data.nih import download
+        print(download(a.dest, copy=a.copy))  # last line of stdout: the dataset folder, for scripts
+    else:
+        from roi_consistency.data.sources import download
+        print(download(a.dataset, a.dest, copy=a.copy))
 
 
 def _unify(a: argparse.Namespace) -> None:
@@ -69,12 +75,32 @@ def _make_csv(a: argparse.Namespace) -> None:
 
     Build nih_roi_{train,val,test}.csv (columns image,labels) from Data_Entry_2017.csv and the official
     test_list.txt / train_val_list.txt. Validation patients are drawn from train_val by patient, so no patient
-    is in two splits.
+    is in two splits. With --dataset NAME, build NAME_{train,val,test}.csv (and NAME_boxes.csv) from that
+    dataset's public copy: its official labelled test split where it has one, else one drawn by patient.
     """
+    if a.dataset != "nih":
+        return _make_dataset_csv(a)
+    if a.uncertain or a.test_fraction is not None:
+        raise UserError(f"--{'uncertain' if a.uncertain else 'test-fraction'} is for the other datasets; NIH has "
+                        "certain labels and an official test split")
     from roi_consistency.data.nih import format_summary, make_csv
     summary = make_csv(a.data_root, a.image_root, a.out_dir, a.val_fraction, a.seed, a.skip_missing)
     print(f"wrote nih_roi_train.csv, nih_roi_val.csv, nih_roi_test.csv to {a.out_dir}")
     print(format_summary(summary))
+
+
+def _make_dataset_csv(a: argparse.Namespace) -> None:
+    from roi_consistency.data.sources import Options, format_summary, make_csv
+    if a.uncertain and a.dataset != "chexpert":
+        raise UserError(f"--uncertain is for --dataset chexpert; {a.dataset} has no uncertain labels")
+    if a.image_root:
+        raise UserError(f"--image-root is for NIH; {a.dataset}'s image paths are relative to --data-root")
+    test = 0.2 if a.test_fraction is None else a.test_fraction
+    summary = make_csv(a.dataset, a.data_root, a.out_dir, a.val_fraction, test, a.seed, a.skip_missing,
+                       Options(uncertain=a.uncertain or "ignore"))
+    print(f"wrote {a.dataset}_train.csv, {a.dataset}_val.csv, {a.dataset}_test.csv to {a.out_dir}; image paths are "
+          f"relative to --data-root {a.data_root}: give it as --image-root to later commands")
+    print(format_summary(a.dataset, summary))
 
 
 def _phantom(a: argparse.Namespace) -> None:
@@ -331,7 +357,9 @@ def _command(sub, name: str, func, formatter_class=HELP, epilog: str | None = No
 
 
 def _add_data_commands(sub) -> None:
+    from roi_consistency.data.sources import SOURCES
     d = _command(sub, "download", _download)
+    d.add_argument("--dataset", choices=["nih", *SOURCES], default="nih", help="which dataset (docs/data.md)")
     d.add_argument("--dest", help="also make the dataset available at this path (a symlink to the "
                                   "kagglehub cache, or a copy with --copy)")
     d.add_argument("--copy", action="store_true", help="with --dest: copy the files instead of linking")
@@ -343,15 +371,23 @@ def _add_data_commands(sub) -> None:
     u.add_argument("--quiet", action="store_true", help="no progress bar")
 
     m = _command(sub, "make-csv", _make_csv)
+    m.add_argument("--dataset", choices=["nih", *SOURCES], default="nih",
+                   help="which dataset's public layout DATA_ROOT holds (docs/data.md has a section on each)")
     m.add_argument("--data-root", "--data_root", required=True,
-                   help="folder with Data_Entry_2017.csv, train_val_list.txt and test_list.txt")
+                   help="the dataset's folder (NIH: with Data_Entry_2017.csv, train_val_list.txt and test_list.txt)")
     m.add_argument("--image-root", "--image_root",
-                   help="flat image folder used to check that every image exists (default: DATA_ROOT/images)")
-    m.add_argument("--out-dir", "--out_dir", default=".", help="where to write the three CSVs")
-    m.add_argument("--val-fraction", "--val_fraction", type=flags.number(0.0, 1.0, lo_open=False, hi_open=True),
-                   default=0.1,
-                   help="share of train_val patients held out for validation")
-    m.add_argument("--seed", type=flags.SEED, default=0, help="seed of the patient-wise validation split")
+                   help="NIH: flat image folder used to check that every image exists (default: DATA_ROOT/images)")
+    m.add_argument("--out-dir", "--out_dir", default=".", help="where to write the CSVs")
+    fraction = flags.number(0.0, 1.0, lo_open=False, hi_open=True)
+    m.add_argument("--val-fraction", "--val_fraction", type=fraction, default=0.1,
+                   help="share of the training patients held out for validation")
+    m.add_argument("--test-fraction", type=fraction,
+                   help="share of patients drawn for the test split where a dataset has no labelled official one "
+                        "(default: 0.2)")
+    m.add_argument("--uncertain", choices=("ignore", "zeros", "ones"),
+                   help="CheXpert's uncertain (-1) labels: unknown, left out of loss and scores (ignore, the "
+                        "default), negative (zeros) or positive (ones)")
+    m.add_argument("--seed", type=flags.SEED, default=0, help="seed of the patient-wise splits")
     m.add_argument("--skip-missing", action="store_true",
                    help="leave out rows whose image is missing (with a warning) instead of failing")
 

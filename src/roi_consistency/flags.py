@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from roi_consistency.data import vocabulary
 from roi_consistency.data.labels import LabelError, finding
 
 MAX_BATCH = 1024  # images per batch: 4 GiB of float input at 1024 px, activations aside
@@ -69,7 +70,8 @@ def findings(text: str) -> list[str]:
         names = [finding(part) for part in text.split(",")]
     except LabelError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    twice = sorted({n for n in names if names.count(n) > 1})
+    folded = [vocabulary.folded(n) for n in names]
+    twice = next((n for n, f in zip(names, folded) if folded.count(f) > 1), None)
     if twice:
-        raise argparse.ArgumentTypeError(f"{twice[0]!r} is listed twice")
+        raise argparse.ArgumentTypeError(f"{twice!r} is listed twice (case and separators aside)")
     return names

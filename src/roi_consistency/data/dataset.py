@@ -239,7 +239,9 @@ def normal_mean_image(ds: "ImageCSVDataset", limit: int = 2000, workers: int = 0
     """The pixel-wise mean of up to `limit` images with no finding (the method's fill): what a chest
     without findings looks like at each place, to put where a region is removed."""
     from torch.utils.data import DataLoader, Subset
-    rows = np.flatnonzero(ds.labels.sum(axis=1) == 0)[:limit].tolist()
+    normal = ~(ds.labels > 0.5).any(axis=1)  # no finding; those with none unknown either, where there are any
+    certain = normal & ~np.isnan(ds.labels).any(axis=1)
+    rows = np.flatnonzero(certain if certain.any() else normal)[:limit].tolist()
     if not rows:
         raise UserError(f"{ds.csv_path}: no image without findings (Normal); the method fills removed pixels "
                         "with the mean normal image, so the training CSV needs some")

@@ -55,7 +55,11 @@ def split_labels(text: str | None) -> list[str]:
     text = (text or "").strip()
     if text in ("", NO_FINDING, NORMAL):
         return []
-    return list(dict.fromkeys(finding(part) for part in text.split("|") if part.strip()))
+    names = list(dict.fromkeys(finding(part) for part in text.split("|") if part.strip()))
+    empty = next((n for n in names if n.casefold() in (NO_FINDING.casefold(), NORMAL.casefold())), None)
+    if empty:
+        raise LabelError(f"{empty!r} together with findings in {shown(text)!r}; a film either has findings or none")
+    return names
 
 
 def parse_labels(text: str) -> list[str]:

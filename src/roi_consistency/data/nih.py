@@ -13,16 +13,14 @@ import csv
 import glob
 import os
 import random
-import shutil
-import socket
 import sys
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from roi_consistency.data.kaggle import fetch
 from roi_consistency.data.labels import FINDINGS, LabelError, format_labels, parse_labels
 from roi_consistency.errors import UserError
 from roi_consistency.files.atomic import atomic_write
@@ -35,64 +33,17 @@ SPLITS = ("train", "val", "test")
 
 # ----------------------------------------------------------------------------------------- download
 
-def _reachable(host: str = "api.kaggle.com", port: int = 443, timeout: float = 5.0) -> bool:
-    """True if a TCP connection opens within `timeout`. Runs in a thread because DNS lookups ignore
-    socket timeouts, and an offline user should hear 'no network' in seconds, not minutes. Behind a
-    proxy a direct probe proves nothing, so then we let kagglehub try."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 1)
-    return bool(ok)
-
-
-def _offline_message(reason: str) -> str:
-    return (f"could not download the Kaggle dataset '{KAGGLE_DATASET}' (NIH ChestX-ray14): {reason}.\n"
-            "If you already have a copy (the folder holding Data_Entry_2017.csv and images_001/ …), "
-            "skip this step and pass it to the next stages:\n"
-            "  roi-consistency unify --data-root /path/to/nih\n"
-            "  roi-consistency make-csv --data-root /path/to/nih\n"
-            "To try the pipeline without the data, run ./run_all.sh --demo (built-in phantom set).")
+HINT = ("If you already have a copy (the folder holding Data_Entry_2017.csv and images_001/ …), skip this step "
+        "and pass it to the next stages:\n"
+        "  roi-consistency unify --data-root /path/to/nih\n"
+        "  roi-consistency make-csv --data-root /path/to/nih\n"
+        "To try the pipeline without the data, run ./run_all.sh --demo (built-in phantom set).")
 
 
 def download(dest: str | None = None, copy: bool = False) -> Path:
-    """Fetch the dataset with kagglehub (cache root: $KAGGLEHUB_CACHE) and return its folder.
-
-    With `dest`, the result is also made available there: a symlink by default, a full copy with
-    `copy=True` (about 42 GB)."""
-    if not _reachable():
-        raise UserError(_offline_message("no network connection to api.kaggle.com"))
-    try:
-        import kagglehub
-        path = Path(kagglehub.dataset_download(KAGGLE_DATASET))
-    except Exception as exc:  # kagglehub raises many types (HTTP, auth, disk); all end the same way
-        raise UserError(_offline_message(f"{type(exc).__name__}: {exc}")) from None
-    if dest is None:
-        return path
-    dest_path = Path(dest)
-    if dest_path.exists() or dest_path.is_symlink():
-        if dest_path.resolve() == path.resolve():
-            return dest_path
-        raise UserError(f"--dest {dest} already exists; remove it or choose another folder")
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    if copy:
-        tmp = dest_path.with_name(dest_path.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(path, tmp, symlinks=True)
-        os.replace(tmp, dest_path)
-    else:
-        dest_path.symlink_to(path.resolve(), target_is_directory=True)
-    return dest_path
+    """Fetch the dataset with kagglehub and return its folder (with `dest`, also linked or copied there:
+    about 42 GB)."""
+    return fetch("dataset", KAGGLE_DATASET, "NIH ChestX-ray14", HINT, dest, copy)
 
 
 # -------------------------------------------------------------------------------------------- unify

@@ -27,6 +27,7 @@ import torch
 
 from roi_consistency.data.boxes import read_boxes, to_model_pixels
 from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.vocabulary import class_of
 from roi_consistency.errors import UserError
 from roi_consistency.evaluation import metrics as M
 from roi_consistency.evaluation.explainers import Pairs
@@ -53,7 +54,7 @@ class Listed:
 def read_confounders(path: str, ds: ImageCSVDataset, classes: list[str], size: int) -> tuple[Listed, list[str]]:
     """The pairs FILE lists for this test set, and the images it lists that the test set lacks (left out). A
     finding the model does not score is an error naming it."""
-    listed = read_boxes(path)
+    listed = {n: [(class_of(b[0], classes) or b[0], *b[1:]) for b in bxs] for n, bxs in read_boxes(path).items()}
     unknown = sorted({b[0] for bxs in listed.values() for b in bxs} - set(classes))
     if unknown:
         raise UserError(f"--confounders {path}: findings this model does not score: {', '.join(unknown)}; it "

@@ -41,8 +41,9 @@ def read_text(path: str | Path, what: str = "file") -> str:
                         "UTF-8 ('CSV UTF-8' in a spreadsheet)") from None
 
 
-def csv_rows(path: str | Path, what: str = "CSV") -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of every row of a CSV, the header included; blank lines are skipped."""
+def csv_rows(path: str | Path, what: str = "CSV", limit: int = FIELD_LIMIT) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every row of a CSV, the header included; blank lines are skipped. A field
+    longer than `limit` characters is an error (below csv's own 128 KiB)."""
     text = read_text(path, what)
     if "\0" in text:
         line = text[:text.index("\0")].count("\n") + 1
@@ -55,7 +56,7 @@ def csv_rows(path: str | Path, what: str = "CSV") -> Iterator[tuple[int, list[st
             return
         except csv.Error as exc:
             raise UserError(f"{path} line {reader.line_num}: {exc}; check its quotes") from None
-        too_long = next((f for f in row if len(f) > FIELD_LIMIT), None)
+        too_long = next((f for f in row if len(f) > limit), None)
         if too_long is not None:
             raise UserError(f"{path} line {reader.line_num}: a field of {len(too_long):,} characters; a quote "
                             "left open? (fields here are file names and labels)")
@@ -63,12 +64,12 @@ def csv_rows(path: str | Path, what: str = "CSV") -> Iterator[tuple[int, list[st
             yield reader.line_num, row
 
 
-def read_table(path: str | Path, required: tuple[str, ...], what: str = "CSV"
+def read_table(path: str | Path, required: tuple[str, ...], what: str = "CSV", limit: int = FIELD_LIMIT
                ) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
     """The header and the rows as {column: text} of a CSV with a header naming `required` among its
     columns. A duplicated column, or a row with fewer or more fields than the header, is an error naming
     it."""
-    rows = csv_rows(path, what)
+    rows = csv_rows(path, what, limit)
     _, header = next(rows, (1, []))
     header = [h.strip() for h in header]
     missing = [c for c in required if c not in header]

@@ -32,7 +32,10 @@ def read_state(path: str | Path, what: str = "checkpoint") -> dict:
 def checkpoint_config(state: dict, path: str | Path) -> TrainConfig:
     """The config a state was trained with, or a UserError naming the file."""
     try:
-        return TrainConfig.from_dict(state["config"])
+        cfg = TrainConfig.from_dict(state["config"])
+        if cfg.data.classes is None:
+            raise UserError("its training config names no findings (data.classes)")
+        return cfg
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     except (KeyError, TypeError, AttributeError):
@@ -88,6 +91,17 @@ class Weights:
     (only a model of this tool has one)."""
     backbone: dict[str, torch.Tensor]
     fill_image: torch.Tensor | None = None
+    classes: list[str] | None = None  # the findings its head scores (only a model of this tool says)
+
+    def for_classes(self, classes: list[str], what: str) -> "Weights":
+        """The weights to start a run learning `classes` from: without the head where it scored other findings
+        (or the same in another order), which would otherwise load wherever the count matches."""
+        if self.classes is None or self.classes == classes:
+            return self
+        print(f"note: {what} scored {', '.join(self.classes)}; this run learns other findings, so its head "
+              "starts afresh")
+        last = list(self.backbone)[-2:]  # a torchvision classifier's state dict ends with its head's Linear
+        return Weights({k: v for k, v in self.backbone.items() if k not in last}, self.fill_image, classes)
 
 
 def read_weights(path: str) -> Weights:
@@ -105,4 +119,13 @@ def read_weights(path: str) -> Weights:
     tensors = state["backbone"] if ours else state
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise UserError(f"{what}: not a state dict of tensors, nor a checkpoint of this tool")
-    return Weights(tensors, state.get("fill_image") if ours else None)
+    return Weights(tensors, state.get("fill_image") if ours else None, saved_classes(state) if ours else None)
+
+
+def saved_classes(state: dict) -> list[str] | None:
+    """The findings a checkpoint or exported folder scores, as its training config says (None: unsaid)."""
+    try:
+        classes = state["config"]["data"]["classes"]
+    except (KeyError, TypeError):
+        return None
+    return classes if isinstance(classes, list) and all(isinstance(c, str) for c in classes) else None

@@ -35,14 +35,17 @@ FOLDER = "gallery"
 
 
 def cards_of(names: list[str], y: np.ndarray, p: np.ndarray, classes: list[str], thresholds: dict | None) -> list:
-    """(row, class, category) per card, a finding called positive as infer's `positive` calls it."""
+    """(row, class, category) per card, a finding called positive as infer's `positive` calls it. A finding
+    whose label is unknown is neither true nor false: it gets no card."""
     hits = called(p, classes, thresholds)
     out = []
     for i in range(len(names)):
-        true = y[i] > 0.5
+        true, false = y[i] > 0.5, y[i] < 0.5  # NaN: neither
         row = [(i, int(c), "TP" if hits[i, c] else "missed") for c in np.flatnonzero(true)]
-        row += [(i, int(c), "FP") for c in np.flatnonzero(hits[i] & ~true)]
-        out += row or [(i, int(p[i].argmax()), "TN")]
+        row += [(i, int(c), "FP") for c in np.flatnonzero(hits[i] & false)]
+        if not row and false.any():
+            row = [(i, int(np.flatnonzero(false)[p[i, false].argmax()]), "TN")]
+        out += row
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from roi_consistency.data.labels import FINDINGS
 from roi_consistency.errors import UserError
 from roi_consistency.evaluation.schema import Metrics, judged_at, ratio_key
 from roi_consistency.files.text import read_table
@@ -100,9 +101,10 @@ def model_card(config: dict, cfg: TrainConfig, metrics: Metrics | None, metrics_
     if phantom:
         lines.append("- **This model was trained on the built-in phantom**: synthetic films, not chest X-rays. Its "
                      "figures show the pipeline works; they say nothing about real films.")
-    lines += ["- NIH ChestX-ray14's labels were mined from the radiology reports by NLP (Wang et al. 2017); some are "
-              "wrong, and the test labels are no more certain than the training ones.", "",
-              "## Method and key settings", "",
+    if set(d.classes) <= set(FINDINGS):
+        lines.append("- NIH ChestX-ray14's labels were mined from the radiology reports by NLP (Wang et al. 2017); "
+                     "some are wrong, and the test labels are no more certain than the training ones.")
+    lines += ["", "## Method and key settings", "",
               f"- {METHODS['joint' if me.joint else 'two_stage']}",
               f"- backbone `{mo.backbone}` ({'ImageNet weights' if mo.pretrained else 'from scratch'}), "
               f"{mo.img_size} px, one channel; fill: {config['fill']}",

@@ -4,11 +4,13 @@ from the command line where it gives them).
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from roi_consistency.data.labels import classes_in
 from roi_consistency.errors import UserError
+from roi_consistency.flags import findings
 from roi_consistency.model.config import GROUP_OF, PRESETS, THRESHOLD_RULES, TrainConfig
 from roi_consistency.model.trained import checkpoint_config
 from roi_consistency.training.classifier import MAX_KEEP
@@ -45,8 +47,14 @@ def resume_config(cli: TrainConfig, ckpt: dict, given: set[str], path: str) -> T
 
 
 def with_classes(cfg: TrainConfig) -> TrainConfig:
-    """The config with its findings named: --classes, a resumed checkpoint's, or those the training CSV names."""
-    return cfg if cfg.data.classes is not None else cfg.replace(classes=classes_in(cfg.data.train_csv))
+    """The config with its findings named: --classes, a resumed checkpoint's, or those the training CSV names;
+    as a list of names each spelled as it is used, once."""
+    if cfg.data.classes is None:
+        return cfg.replace(classes=classes_in(cfg.data.train_csv))
+    try:
+        return cfg.replace(classes=findings(",".join(cfg.data.classes)))
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"--classes: {exc}") from None
 
 
 def given_by_defaults(cfg: TrainConfig) -> set[str]:

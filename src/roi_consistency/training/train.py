@@ -111,6 +111,10 @@ def init_model(cfg: TrainConfig, rt: Runtime, data: TrainData, ckpt: dict | None
     """The model with its weights (a checkpoint's, or fresh: --weights, ImageNet's or random) and its fill,
     on the device, channels-last."""
     weights = read_weights(cfg.model.weights) if ckpt is None and cfg.model.weights else None
+    if weights is not None and cfg.run.epochs == 0 and weights.classes not in (None, cfg.data.classes):
+        raise UserError(f"--epochs 0 trains only the mask, against the classifier in --weights, which scores "
+                        f"{', '.join(weights.classes)}; give those as --classes, or train the classifier too")
+    weights = weights.for_classes(cfg.data.classes, f"--weights {cfg.model.weights}") if weights else None
     torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, cfg.method, len(cfg.data.classes), weights.backbone if weights else None,
                         download=ckpt is None and cfg.model.pretrained)
