@@ -298,3 +298,31 @@ def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phan
         cli.main(["evaluate", "--checkpoint", str(trained64), "--csv", str(phantom64["test"]), "--image-root",
                   str(phantom64["images"]), "--road-ratios", "half"])
     assert stop.value.code == 2 and "--road-ratios half: expected numbers" in capsys.readouterr().err
+
+
+def test_masks_of_the_boxes_score_as_the_boxes_do(trained64, phantom64, tmp_path):
+    """evaluate --masks with each phantom box drawn as a mask (at the film's own 64 px): the maps point into
+    the masks about as often as into the boxes (the masks are scaled to 48 px, the boxes exactly), and the
+    report and summary show them."""
+    from PIL import Image
+    folder = tmp_path / "masks"
+    boxes = read_boxes(phantom64["data"] / "BBox_List_2017.csv")
+    drawn = {}
+    for name, bxs in boxes.items():
+        for f, x, y, w, h in bxs:
+            m = drawn.setdefault((f, name), np.zeros((64, 64), np.uint8))
+            m[round(y):round(y + h), round(x):round(x + w)] = 1  # a 0/1 mask: nonzero is the region
+    for (f, name), m in drawn.items():
+        (folder / f).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(m).save(folder / f / name)
+    m = evaluate_checkpoint(str(trained64), str(phantom64["test"]), str(phantom64["images"]),
+                            bbox=str(phantom64["data"] / "BBox_List_2017.csv"), out_dir=str(tmp_path / "e"),
+                            keep_ratios=(0.1,), road_ratios=(0.1,), curve_images=0, gallery=False, n_examples=0,
+                            workers=0, progress=False, masks=str(folder))
+    lm, loc = m["localisation_masks"], m["localisation"]
+    assert lm["n_masks"] == len(drawn) <= loc["n_boxes"]
+    for k in ("learned", "gradcam", "random"):
+        assert abs(lm[k]["pointing"] - loc[k]["pointing_game"]) <= 0.1, k
+        assert 0 <= lm[k]["iou"] <= lm[k]["share"] <= 1
+    assert lm["learned"]["pointing"] > lm["random"]["pointing"]
+    assert "Against masks" in (tmp_path / "e" / "report.html").read_text()

@@ -123,3 +123,17 @@ def test_every_per_class_figure_leaves_unknown_labels_out():
     assert lo <= M.mean_auroc(auc) <= hi
     leak = M.mask_leakage(s, y, ["a", "b"])["per_class"]["a"]
     assert leak == M.mask_leakage(s[k], y[k], ["a", "b"])["per_class"]["a"]
+
+
+def test_pointing_share_and_iou_against_a_mask():
+    truth = np.zeros((6, 6), bool)
+    truth[1:3, 1:4] = True  # 6 pixels
+    s = np.zeros((6, 6))
+    s[2, 3] = 1.0
+    assert M.pointing_in(s, truth) and not M.pointing_in(np.roll(s, 2, axis=0), truth)
+    plateau = np.zeros((6, 6))
+    plateau[0:5, 2] = 1.0  # centroid at row 2: inside
+    assert M.pointing_in(plateau, truth)
+    region = np.zeros((6, 6), bool)
+    region[2:4, 2:4] = True  # 4 pixels, 2 of them in the mask
+    assert M.share_and_iou(region, truth) == (0.5, 2 / 8)

@@ -152,6 +152,10 @@ def test_a_model_scored_on_the_phantom_laid_out_as_vindr_agrees_with_scoring_it_
             pointing = [e["localisation"][m]["pointing_by_class"][c] for e in (as_vindr, direct)]
             assert pointing[0] == pointing[1], (m, c)
     assert as_vindr["auroc"]["full"]["Mass"] is None  # VinDr's one Nodule/Mass label does not say which
+    assert as_vindr["datasets"]["trained"]["name"] == "nih" and as_vindr["datasets"]["evaluated"]["name"] == "vindr"
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "Trained on <b>nih</b> (<code>nih_roi_train.csv</code>) · evaluated on <b>vindr</b>" in html
+    assert "Pleural effusion read as Effusion" in html and "left out, as the model lacks them: Nodule/Mass" in html
 
 
 def reference_rle2mask(rle, width, height):
@@ -175,7 +179,7 @@ def test_siims_run_length_code_decodes_as_the_competitions_own_decoder_does():
     for _ in range(50):
         pairs = rng.integers(0, 9, 2 * rng.integers(1, 6))
         code = " ".join(map(str, pairs))
-        if pairs[0::2].sum() + pairs[1::2].sum() <= 20 * 12:
+        if pairs[0::2].sum() + pairs[1::2].sum() <= 20 * 12 and pairs[1::2].any():  # else an error, below
             np.testing.assert_array_equal(rle_mask(code, 20, 12), reference_rle2mask(code, 20, 12).T > 0)
     for bad in ("1 2 3", "5 -1", "a b", "200 50"):
         with pytest.raises(ValueError):
@@ -196,9 +200,9 @@ def test_siim_writes_a_mask_per_positive_film_and_a_box_per_region(tmp_path, cap
     films = {r["image"]: r["labels"] for r in rows(tmp_path / "o" / "siim_train.csv")}
     assert films == {f"dicom-images-train/study{i}/series/1.2.{i}.dcm": "Pneumothorax" if i != 2 else "Normal"
                      for i in (1, 2, 3)}
-    mask = np.asarray(Image.open(tmp_path / "o" / "siim_masks" / "1.2.1.png")) > 0
+    mask = np.asarray(Image.open(tmp_path / "o" / "siim_masks" / "Pneumothorax" / "1.2.1.png")) > 0
     np.testing.assert_array_equal(mask, rle_mask("14 4 8 4", 20, 12) | rle_mask("150 3", 20, 12))
-    assert not (tmp_path / "o" / "siim_masks" / "1.2.2.png").exists()
+    assert not (tmp_path / "o" / "siim_masks" / "Pneumothorax" / "1.2.2.png").exists()
     boxes = read_boxes(tmp_path / "o" / "siim_boxes.csv")
     assert boxes["dicom-images-train/study1/series/1.2.1.dcm"][0] == ("Pneumothorax", 1, 2, 2, 4)
     assert sum(map(len, boxes.values())) == 3
@@ -252,3 +256,23 @@ def test_padchest_keeps_frontal_labelled_films_and_splits_by_patient(tmp_path, c
     patients = [{r["image"].split("/")[1].split(".")[0] for r in split[s]} for s in ("train", "test")]
     assert not {int(i) // 2 for i in patients[0]} & {int(i) // 2 for i in patients[1]}
     assert "test and val drawn patient-wise (seed 0)" in out
+
+
+def test_bad_masks_and_bad_run_length_codes_are_one_line(phantom64, trained64, tmp_path):
+    from roi_consistency.data.sources.siim import rle_mask
+    from roi_consistency.errors import UserError
+    for code, message in (("3 0 0 0", "no pixel"), ("99999999999999999999 1", "not whole numbers"),
+                          ("9223372036854775000 5 9223372036854775000 5", "runs past")):
+        with pytest.raises(ValueError, match=message):
+            rle_mask(code, 20, 12)
+    name = rows(phantom64["test"])[0]["image"]
+    folder = tmp_path / "m" / "Effusion"
+    folder.mkdir(parents=True)
+    for content, message in ((np.ones((10, 10), np.uint8), "is 10x10 px but its film"), (None, "could not be read")):
+        if content is None:
+            (folder / name).write_bytes(b"not a png")
+        else:
+            Image.fromarray(content).save(folder / name)
+        with pytest.raises(UserError, match=message):
+            evaluate_checkpoint(str(trained64), str(phantom64["test"]), str(phantom64["images"]),
+                                out_dir=str(tmp_path / "e"), masks=str(tmp_path / "m"), workers=0, progress=False)

@@ -255,7 +255,8 @@ def _evaluate(a: argparse.Namespace) -> None:
                             n_examples=a.examples, seed=a.seed, workers=a.workers, cache=a.cache,
                             skip_bad_images=a.skip_bad_images, sanity=a.sanity, sanity_images=a.sanity_images,
                             gallery=a.gallery_limit != 0, gallery_limit=a.gallery_limit or None,
-                            confounders=a.confounders, maps=tuple(m.strip() for m in a.maps.split(",") if m.strip()))
+                            confounders=a.confounders, masks=a.masks,
+                            maps=tuple(m.strip() for m in a.maps.split(",") if m.strip()))
     print(format_summary(m))
     print(f"metrics: {a.out_dir}/metrics.json\nreport:  {a.out_dir}/report.html")
 
@@ -474,6 +475,9 @@ def _add_evaluate(sub) -> None:
                    help="the maps to score, the learned one always first; also: attribution (the gradient x "
                         "(input - fill) the learned head reads), anomaly (|input - fill| smoothed, model-free), "
                         "gradcam16 (Grad-CAM at the stride-16 stage)")
+    e.add_argument("--masks", default=None, metavar="DIR",
+                   help="ground-truth masks, DIR/<finding>/<image stem>.png (SIIM's from make-csv): pointing, the "
+                        "share of each map's top-r region inside the mask, and their IoU")
     e.add_argument("--confounders", default=None, metavar="FILE",
                    help="regions that should not be evidence (a marker, a tube, a text token), in BBox_List_2017.csv's "
                         "layout, one finding each: audit whether the model relies on them and whether each map says "

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import source_size
@@ -59,6 +62,49 @@ def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int,
                                 f"image ({src[0]}x{src[1]} px); boxes are in the image's own pixels")
         out[name] = [(b[0], *scale_box(b[1:], src, size)) for b in bxs]
     return out
+
+
+def read_masks(folder: str, ds: ImageCSVDataset, classes: list[str], size: int
+               ) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """{image: [(finding, bool mask [size, size])]} from FOLDER/<finding>/<image stem>.png (nonzero: the
+    region, at the film's own size), for the dataset's images, each finding named as the model names it. A
+    mask that covers no model pixel once scaled (under half of every pixel) is left out."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"--masks {folder}: no such folder; give one that holds a folder per finding of "
+                        "<image stem>.png masks")
+    found = {d.name: class_of(d.name, classes) for d in sorted(root.iterdir()) if d.is_dir()}
+    if not any(found.values()):
+        raise UserError(f"--masks {folder}: no folder named after a finding the model scores ({', '.join(classes)})")
+    stems = Counter(Path(n).stem for n in ds.names)
+    out: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for name in ds.names:
+        for sub, cls in found.items():
+            path = root / sub / (Path(name).stem + ".png")
+            if cls and path.is_file():
+                if stems[Path(name).stem] > 1:
+                    raise UserError(f"--masks {folder}: masks are matched by file name, and {stems[Path(name).stem]} "
+                                    f"films of the CSV are named {Path(name).stem}; rename them apart")
+                m = scaled_mask(path, ds, name, size)
+                if m.any():
+                    out.setdefault(name, []).append((cls, m))
+    return out
+
+
+def scaled_mask(path: Path, ds: ImageCSVDataset, name: str, size: int) -> np.ndarray:
+    """A mask file (nonzero: the region) at the model's size x size: a pixel is in it where the mask covers at
+    least half of it. The mask must have its film's size."""
+    try:
+        with Image.open(path) as im:
+            region = (np.asarray(im.convert("L")) > 0).astype(np.uint8) * 255
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"--masks: {path} could not be read ({exc})") from None
+    src = ds.cache.source_size(name) if ds.cache is not None else None
+    src = src or source_size(ds.root / name)
+    if region.shape[::-1] != tuple(src):
+        raise UserError(f"--masks: {path} is {region.shape[1]}x{region.shape[0]} px but its film {shown(name)} is "
+                        f"{src[0]}x{src[1]}; a mask has its film's size")
+    return np.asarray(Image.fromarray(region).resize((size, size), Image.BOX)) >= 128
 
 
 def model_boxes(ds: ImageCSVDataset, bbox: str | None, classes: list[str], size: int) -> dict[str, list[Box]]:

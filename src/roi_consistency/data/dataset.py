@@ -87,6 +87,15 @@ def split_row(row: dict[str, str], where: str) -> tuple[list[str], list[str]]:
     return positive, unknown
 
 
+def dataset_name(csv_path: str | Path) -> str | None:
+    """The dataset a CSV of make-csv's holds, by its name: nih_roi_test.csv -> nih, vindr_test.csv -> vindr
+    (None for a CSV named otherwise)."""
+    stem, _, split = Path(csv_path).stem.rpartition("_")
+    if not stem or split not in ("train", "val", "test"):
+        return None
+    return "nih" if stem == "nih_roi" else stem
+
+
 def warn_repeated(names: list[str], path: Path) -> None:
     counts = Counter(names)
     repeated = [n for n, k in counts.items() if k > 1]

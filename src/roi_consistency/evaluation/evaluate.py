@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from roi_consistency.data.boxes import model_boxes
-from roi_consistency.data.dataset import ImageCSVDataset
+from roi_consistency.data.boxes import model_boxes, read_masks
+from roi_consistency.data.dataset import ImageCSVDataset, dataset_name
 from roi_consistency.data.images import ImageCache
 from roi_consistency.errors import UserError
 from roi_consistency.evaluation import metrics as M
@@ -49,6 +49,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         raise UserError(f"{csv_path}: evaluation needs a labels column")
     skipped = ds.drop_bad(opt.skip_bad_images, opt.progress)
     boxes = model_boxes(ds, bbox, classes, size)
+    masks = read_masks(opt.masks, ds, classes, size) if opt.masks else None
     listed = read_confounders(opt.confounders, ds, classes, size) if opt.confounders else None  # fail early
     ratios = sorted(set(float(r) for r in opt.keep_ratios) | {r0})
     out = Path(out_dir)
@@ -58,7 +59,7 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
         return build_explainers(opt.maps, model, cfg, opt.seed)
     gallery = Gallery(out / "gallery.html", classes, model.thresholds, r0, explainers(),
                       opt.gallery_limit) if opt.gallery else None
-    t = evaluate_model(model, ds, boxes, explainers(), ratios, r0, opt, dev, gallery)
+    t = evaluate_model(model, ds, boxes, explainers(), ratios, r0, opt, dev, gallery, masks)
     frozen = randomisation_check(model, cfg, ds, boxes, opt, dev) if opt.sanity else None
     retrained = retrained_head(out, checkpoint)
     sanity = {"frozen_head": frozen, "retrained_head": retrained} if frozen or retrained else None
@@ -70,6 +71,8 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     confounders = confounders_section(found, opt.confounders, listed[1], opt.seed) if found else None
     result: Metrics = {**summary, "sanity": sanity, "skipped_images": sorted(skipped + t.skipped), "gallery": None,
                        "confounders": confounders, "vocabulary": ds.match.as_dict() if ds.match else None,
+                       "datasets": {k: {"csv": str(c), "name": dataset_name(c)}
+                                    for k, c in (("trained", cfg.data.train_csv), ("evaluated", csv_path))},
                        "environment": {"trained": model.trained_on, "evaluated": environment(dev)}}
     if gallery is not None:
         result["gallery"] = gallery.finish()
@@ -112,6 +115,11 @@ def format_summary(m: Metrics) -> str:
         if m.get("road"):
             line += f"  ROAD MoRF {fmt(m['road'][k]['morf'][r], '+.4f')} LeRF {fmt(m['road'][k]['lerf'][r], '+.4f')}"
         lines.append(line + (f"  pointing {fmt(loc[k]['pointing_game'], '.3f')}" if loc else ""))
+    lm = m.get("localisation_masks")
+    if lm:
+        lines.append(f"  against {lm['n_masks']} masks: " + "  ".join(
+            f"{k} pointing {lm[k]['pointing']:.3f} share {lm[k]['share']:.3f} IoU {lm[k]['iou']:.3f}"
+            for k in maps_of(m)))
     if loc and m.get("box_control"):
         lines.append("  per finding: pointing learned / gradcam; p_full -> p with the true box removed")
         for c, bc in m["box_control"].items():

@@ -58,6 +58,19 @@ def pointing_hit(saliency: np.ndarray, box: tuple[float, float, float, float]) -
     return bool(x0 <= cx <= x0 + bw and y0 <= cy <= y0 + bh)
 
 
+def pointing_in(saliency: np.ndarray, truth: np.ndarray) -> bool:
+    """Does the region `truth` (bool, the map's shape) hold the map's maximum (a plateau: its centroid)?"""
+    s = np.asarray(saliency, dtype=np.float64)
+    ys, xs = np.nonzero(s == s.max())
+    return bool(truth[min(int(ys.mean() + 0.5), len(truth) - 1), min(int(xs.mean() + 0.5), truth.shape[1] - 1)])
+
+
+def share_and_iou(region: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """|region ∩ truth| / |region| (IoBB with a mask for the box) and / |region ∪ truth| (IoU)."""
+    inter = float((region & truth).sum())
+    return inter / max(float(region.sum()), 1.0), inter / max(float((region | truth).sum()), 1.0)
+
+
 def iobb(region: np.ndarray, box: tuple[float, float, float, float]) -> float:
     """|region ∩ box| / |region| (Wang et al. 2017), region a binary map."""
     r = np.asarray(region).astype(bool)

@@ -58,6 +58,7 @@ class EvalOptions:
     cache: str | None = None
     skip_bad_images: bool = False  # leave out (and list) images the pre-flight check finds bad
     confounders: str | None = None  # a box file of regions that should not be evidence: the confounder audit
+    masks: str | None = None  # a folder of ground-truth masks, FOLDER/<finding>/<image stem>.png
     maps: tuple[str, ...] = DEFAULT_MAPS  # the explainers scored (explainers.EXPLAINERS), the learned map first
 
 
@@ -81,6 +82,8 @@ class Tally:
         self.loc_row: list[int] = []  # the test-set row of each box's image, in the same order
         self.box_pooled: dict[int, np.ndarray] = {}  # the union of an image's boxes: the leakage reference
         self.box_probs: list[tuple[str, float, float, float, float]] = []  # finding, p_full, p_drop, p_crop, area
+        self.mask_scores = {k: [] for k in names}  # per ground-truth mask: (pointing, share, IoU) at the model's r
+        self.mask_class: list[str] = []  # the finding of each mask, in the same order
         self.examples: list[dict] = []
         self.valid = np.zeros(n, bool)  # the rows scored (an image skipped mid-run is not)
         self.skipped: list[str] = []
@@ -145,10 +148,12 @@ class Entries:
         return Pairs(self.pairs.xn[i], self.pairs.cls[i], [self.pairs.boxes[k] for k in at.tolist()])
 
 
-def batch_entries(t: Tally, y: np.ndarray, names: list[str], boxes: dict, xn: torch.Tensor, p: np.ndarray) -> Entries:
+def batch_entries(t: Tally, y: np.ndarray, names: list[str], boxes: dict, xn: torch.Tensor, p: np.ndarray,
+                  truth: dict | None = None) -> Entries:
     classes = t.classes
     found = {(b, int(c)) for b in range(len(names)) for c in np.flatnonzero(y[b] > 0.5)}
     found |= {(b, classes.index(bx[0])) for b, nm in enumerate(names) for bx in boxes.get(nm, ())}
+    found |= {(b, classes.index(f)) for b, nm in enumerate(names) for f, _ in (truth or {}).get(nm, ())}
     top = [(b, int(c)) for b, c in enumerate(p.argmax(1))]
     entries = sorted(found | set(top))
     at = {e: k for k, e in enumerate(entries)}
@@ -226,13 +231,29 @@ def localisation_pass(t: Tally, model: ROIModel, pairs: Pairs, rows: np.ndarray,
                             float(m_.mean())))
 
 
+def mask_pass(t: Tally, pairs: Pairs, names: list[str], truth: dict, maps: dict, ranked: dict, r0: float) -> None:
+    """Per ground-truth mask of a pair's finding on its image (names: each pair's image): whether each map
+    points into it, the share of its top-r region inside it, and their IoU."""
+    cls = pairs.cls.cpu().numpy()
+    items = [(k, m) for k, nm in enumerate(names) for f, m in truth.get(nm, ()) if f == t.classes[cls[k]]]
+    if not items:
+        return
+    t.mask_class += [t.classes[cls[k]] for k, _ in items]
+    for name in ranked:
+        region = topk_mask(ranked[name], r0)[:, 0].cpu().numpy() > 0.5
+        m_ = maps[name][:, 0].float().cpu().numpy()
+        t.mask_scores[name] += [(M.pointing_in(m_[k], truth), *M.share_and_iou(region[k], truth)) for k, truth in items]
+
+
 def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: np.ndarray, y: np.ndarray,
-                   names: list[str], boxes: dict, r0: float, n_examples: int, gens: dict) -> None:
-    """All passes on one batch; gens: the seeded generators of the tie-breaking jitter and of ROAD's noise."""
+                   names: list[str], boxes: dict, r0: float, n_examples: int, gens: dict, truth: dict | None = None
+                   ) -> None:
+    """All passes on one batch; gens: the seeded generators of the tie-breaking jitter and of ROAD's noise;
+    truth: ground-truth masks (data.boxes.read_masks), where given."""
     xn = model.normalize(x)
     with torch.no_grad():
         t.p_full[idx] = torch.sigmoid(model.backbone(xn).float()).cpu().numpy()
-    ent = batch_entries(t, y, names, boxes, xn, t.p_full[idx])
+    ent = batch_entries(t, y, names, boxes, xn, t.p_full[idx], truth)
     maps = {e.name: e(ent.pairs) for e in explainers}
     ranked = {e.name: jittered(maps[e.name], e.ties, gens["jitter"]) for e in explainers}
     masks = {k: topk_mask(v, r0) for k, v in ranked.items()}
@@ -248,6 +269,8 @@ def evaluate_batch(t: Tally, model: ROIModel, explainers, x: torch.Tensor, idx: 
     pair_pass(t, model, pairs, idx[pb], ranked, at_r0, r0, gens["road"])
     curve_pass(t, model, pairs, idx[pb], ranked, gens["curve"])
     localisation_pass(t, model, pairs, idx[pb], maps, ranked, r0)
+    if truth:
+        mask_pass(t, pairs, [names[b] for b in pb], truth, maps, ranked, r0)
     for k in first_pair_per_image(pb, pairs, bool(boxes)):
         if len(t.examples) >= n_examples:
             break
@@ -297,7 +320,8 @@ def example(model: ROIModel, xn: torch.Tensor, name: str, classes: list[str], yr
 
 
 def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers, ratios: list[float], r0: float,
-                   opt: EvalOptions, device: torch.device, gallery: Gallery | None = None) -> Tally:
+                   opt: EvalOptions, device: torch.device, gallery: Gallery | None = None,
+                   truth: dict | None = None) -> Tally:
     """Every pass over the test set, batch by batch (and the gallery's cards, when given one)."""
     road = sorted(set(float(r) for r in opt.road_ratios) | {r0})
     t = Tally(len(ds), ds.classes, [e.name for e in explainers], sorted(set(ratios) | set(road)), road)
@@ -314,5 +338,5 @@ def evaluate_model(model: ROIModel, ds: ImageCSVDataset, boxes: dict, explainers
         idx = idx.numpy()
         t.valid[idx] = True
         evaluate_batch(t, model, explainers, x.to(device), idx, ds.labels[idx], [ds.names[i] for i in idx],
-                       boxes, r0, opt.n_examples, gens)
+                       boxes, r0, opt.n_examples, gens, truth)
     return t

@@ -2,9 +2,9 @@
 gallery and the model card read (outputs/). A figure per keep ratio is keyed by `ratio_key(r)`.
 
     {"n_images", "classes", "keep_ratio", "keep_ratios", "road_ratios", "checkpoint", "fill", "maps",
-     "auroc", "mean_auroc", "faithfulness", "road", "kept_fraction", "localisation", "box_control",
-     "localisation_by_size", "leakage", "leakage_boxed", "uncertainty", "curves", "calibration",
-     "sanity", "confounders", "vocabulary", "skipped_images", "gallery", "environment"}
+     "auroc", "mean_auroc", "faithfulness", "road", "kept_fraction", "localisation", "localisation_masks",
+     "box_control", "localisation_by_size", "leakage", "leakage_boxed", "uncertainty", "curves", "calibration",
+     "sanity", "confounders", "vocabulary", "datasets", "skipped_images", "gallery", "environment"}
 
 Every figure is None where it is undefined (a class with one label value, no boxes given, ...).
 """
@@ -197,6 +197,8 @@ class Metrics(TypedDict):
     road: dict  # {map: Road}
     kept_fraction: dict  # {map: float}
     localisation: Optional[Localisation]
+    localisation_masks: Optional[dict]  # evaluate --masks: {"n_masks", map: {"pointing", "share", "iou",
+    #                                     "pointing_by_class"}}, the share and IoU of the map's top-r region
     box_control: Optional[dict]  # {finding: BoxControl}
     localisation_by_size: Optional[dict]  # {"cut_points", "n": {SIZES: int}, map: {SIZES: {"pointing_game",
     #                                       "iobb_acc_0.1"}}}
@@ -209,6 +211,8 @@ class Metrics(TypedDict):
     confounders: Optional[Confounders]  # evaluate --confounders (confounders.py)
     vocabulary: Optional[dict]  # how the CSV's finding names were read as the model's, where they differ:
     #                             {"read_as": {class: [CSV names]}, "unlabelled": [classes], "unscored": [names]}
+    datasets: dict  # {"trained", "evaluated": {"csv", "name"}}: the training and the test CSV, and the dataset
+    #                 each holds by make-csv's naming (nih, vindr, ...; None for a CSV named otherwise)
     skipped_images: list
     gallery: Optional[GallerySection]
     environment: dict  # {"trained": runtime.environment or None, "evaluated": runtime.environment}

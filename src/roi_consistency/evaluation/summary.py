@@ -40,6 +40,20 @@ def localisation(t: Tally) -> dict:
     return out
 
 
+def localisation_masks(t: Tally) -> dict | None:
+    """Against ground-truth masks, per map: pointing, the share of the top-r region inside the mask, and
+    their IoU, over every mask, and pointing per finding (None: no mask was scored)."""
+    if not t.mask_class:
+        return None
+    by_class = sorted(set(t.mask_class), key=t.classes.index)
+    out: dict = {"n_masks": len(t.mask_class)}
+    for k, scores in t.mask_scores.items():
+        s = np.array(scores, np.float64)
+        out[k] = {"pointing": float(s[:, 0].mean()), "share": float(s[:, 1].mean()), "iou": float(s[:, 2].mean()),
+                  "pointing_by_class": {c: float(s[[m == c for m in t.mask_class], 0].mean()) for c in by_class}}
+    return out
+
+
 def by_lesion_size(t: Tally) -> dict:
     """Pointing and IoBB > 0.1 per tercile of box area, per map: small lesions (nodules) are where every
     map is weakest. Areas are shares of the image; the cut points are the boxes' own terciles."""
@@ -120,6 +134,7 @@ def summarize(t: Tally, y: np.ndarray, cfg, checkpoint: str, with_boxes: bool, s
             "faithfulness": faithfulness(t, y), "road": road(t, y),
             "kept_fraction": {k: float(np.concatenate(v).mean()) if v else None for k, v in t.kept.items()},
             "localisation": localisation(t) if with_boxes else None,
+            "localisation_masks": localisation_masks(t),
             "box_control": box_control(t) if with_boxes else None,
             "localisation_by_size": by_lesion_size(t) if with_boxes else None,
             "leakage": leak, "leakage_boxed": leak_boxed, "uncertainty": uncertainty(t, y, r0, counts, seed),

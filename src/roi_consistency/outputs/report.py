@@ -314,6 +314,19 @@ def _localisation(loc: dict | None, box_control: dict | None = None) -> str:
                    "<th>p, box only</th></tr>" + "".join(rows) + "</table>")
 
 
+def _masks(loc: dict | None) -> str:
+    """Localisation against ground-truth masks (evaluate --masks), one row per map."""
+    if not loc:
+        return ""
+    maps = [k for k in loc if k != "n_masks"]
+    rows = "".join(f"<tr><td>{_esc(k)}</td>" + "".join(f"<td>{_fmt(loc[k].get(f))}</td>" for f in
+                                                     ("pointing", "share", "iou")) + "</tr>" for k in maps)
+    return (f"<h3 id='masks'>Against masks</h3><p>{loc['n_masks']} ground-truth masks: whether the map's maximum "
+            "lies in the mask, the share of its top-r region inside the mask, and their intersection over union.</p>"
+            "<table><tr><th>map</th><th>pointing</th><th>share of the region in the mask</th><th>IoU</th></tr>"
+            f"{rows}</table>")
+
+
 def _by_size(size: dict | None) -> str:
     """Pointing and IoBB per tercile of box area, one row per map."""
     if not size or not size.get("n"):
@@ -573,6 +586,24 @@ def _environment(env: dict | None) -> str:
     return f"Trained on {trained} · evaluated on {evaluated}"
 
 
+def _datasets(metrics: dict) -> str:
+    """Which data the model was trained on and which it is scored on, and how the test CSV's finding names
+    were read where they are another dataset's."""
+    def one(d: dict | None) -> str:
+        d = d or {}
+        return f"<b>{_esc(d.get('name') or 'a dataset')}</b> (<code>{_esc(Path(d.get('csv') or '?').name)}</code>)"
+    ds = metrics.get("datasets") or {}
+    line = f"Trained on {one(ds.get('trained'))} · evaluated on {one(ds.get('evaluated'))}"
+    v = metrics.get("vocabulary")
+    if v:
+        read = "; ".join(f"{' + '.join(names)} read as {c}" for c, names in v["read_as"].items())
+        line += (f". The test CSV names findings another way: {_esc(read) or 'no name read as another'}"
+                 + (f"; unknown here, as the CSV never names them: {_esc(', '.join(v['unlabelled']))}"
+                    if v["unlabelled"] else "")
+                 + (f"; left out, as the model lacks them: {_esc(', '.join(v['unscored']))}" if v["unscored"] else ""))
+    return line
+
+
 def write_report(out_path, metrics: Metrics, roc: dict, examples: list[dict],
                  title: str = "ROI-consistency evaluation", audit_examples: list[dict] | None = None) -> Path:
     """Write the HTML report to `out_path` atomically and return its Path."""
@@ -587,7 +618,7 @@ def write_report(out_path, metrics: Metrics, roc: dict, examples: list[dict],
     if gallery:
         meta += (f" · <a href='{_esc(gallery['page'])}'>the gallery</a>: {gallery['n_cards']} cards of "
                  f"{gallery['n_images']} test images, to sort, filter and open")
-    meta += f"<br>{_environment(metrics.get('environment'))}"
+    meta += f"<br>{_datasets(metrics)}<br>{_environment(metrics.get('environment'))}"
     howto = (
         "<p><b>How to read this.</b> Each map (learned mask, Grad-CAM, random) is cut to its top-r pixels. "
         "<i>Comprehensiveness</i> = p_full − p_drop, the drop in the true-class probability when that region is "
@@ -615,6 +646,7 @@ def write_report(out_path, metrics: Metrics, roc: dict, examples: list[dict],
         _curves(metrics.get("curves")),
         "<h2 id='localisation'>Localisation</h2>",
         _localisation(metrics.get("localisation"), metrics.get("box_control")),
+        _masks(metrics.get("localisation_masks")),
         _by_size(metrics.get("localisation_by_size")),
         _leakage(metrics.get("leakage"), metrics.get("leakage_boxed")),
         _sanity(metrics.get("sanity")),

@@ -69,7 +69,8 @@ def split_films(films: list[Film], val_fraction: float, test_fraction: float, se
         groups.setdefault(f.patient or f.image, []).append(f)
     mixed = next((p for p, fs in groups.items() if len({f.split for f in fs}) > 1), None)
     if mixed is not None:
-        raise UserError(f"patient {mixed} has films in two official splits; the split must be patient-wise")
+        raise UserError(f"patient {mixed} has films in two splits of the dataset's own (or in one and outside it); "
+                        "the split must be patient-wise")
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     free = [k for k in keys if groups[k][0].split is None]
@@ -80,6 +81,10 @@ def split_films(films: list[Film], val_fraction: float, test_fraction: float, se
     for k in sorted(groups):
         split = groups[k][0].split or ("test" if k in test else "val" if k in val else "train")
         out[split] += groups[k]
+    for split, empty in (("train", not out["train"] and free), ("test", not out["test"] and test_fraction > 0)):
+        if empty:
+            print(f"warning: the {split} split is empty (--test-fraction {test_fraction}, --val-fraction "
+                  f"{val_fraction}, {len(keys):,} patients or films)", file=sys.stderr)
     unit = "patient" if any(f.patient for f in films) else "image"
     drawn = [s for s in ("test", "val") if s not in official]
     how = [f"{' and '.join(s for s in SPLITS if s in official)} official" if official else "",
@@ -90,6 +95,9 @@ def split_films(films: list[Film], val_fraction: float, test_fraction: float, se
 def present(films: list[Film], root: Path, skip_missing: bool) -> list[Film]:
     """The films whose image exists under root: a missing one is an error naming the first, or with
     skip_missing a warning."""
+    outside = next((f.image for f in films if Path(f.image).is_absolute() or ".." in Path(f.image).parts), None)
+    if outside:
+        raise UserError(f"the metadata names image {outside[:80]!r}, outside --data-root {root}")
     missing = [f.image for f in films if not (root / f.image).is_file()]
     if missing:
         msg = f"{len(missing):,} of {len(films):,} images are missing under --data-root {root}"

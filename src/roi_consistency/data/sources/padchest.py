@@ -52,6 +52,6 @@ def _labels(text: str, where: str) -> list[str] | None:
         names = ast.literal_eval(text)
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError
-        return list(dict.fromkeys(finding(n) for n in names if n.strip()))
+        return list(dict.fromkeys(finding(n) for n in names if n.strip())) or None
     except (ValueError, SyntaxError, LabelError):
         raise UserError(f"{where}: Labels {text[:40]!r} is not a list of finding names like ['normal']") from None

@@ -4,9 +4,10 @@ dicom-images-train/<study>/<series>/<ImageId>.dcm under --data-root.
 train-rle.csv has a row per pneumothorax region of a film, or one row of -1 for a film without. Its
 run-length code is the competition's own: pairs of (offset, length), each offset counted from the end
 of the previous run, over the film's pixels in column-major order (`rle_mask`). Each film's regions are
-written as one PNG mask, siim_masks/<ImageId>.png beside the CSVs, at the film's own size, and each
-region's bounding box goes to siim_boxes.csv. There are no patient ids, and the competition's test films
-have no public labels, so test and validation films are drawn image-wise.
+written as one PNG mask, siim_masks/Pneumothorax/<ImageId>.png beside the CSVs (`evaluate --masks
+siim_masks`), at the film's own size, and each region's bounding box goes to siim_boxes.csv. There are no
+patient ids, and the competition's test films have no public labels, so test and validation films are
+drawn image-wise.
 """
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ def rle_mask(text: str, width: int, height: int) -> np.ndarray:
     """A region of the competition's run-length code as a bool mask [height, width]."""
     try:
         v = np.array(text.split(), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError("not whole numbers") from None
     if len(v) == 0 or len(v) % 2 or (v < 0).any():
         raise ValueError("not pairs of offsets and lengths")
-    ends = np.cumsum(v[0::2] + v[1::2])  # each offset counts from the end of the previous run
-    if ends[-1] > width * height:
+    if (v > width * height).any() or np.cumsum(v[0::2] + v[1::2])[-1] > width * height:
         raise ValueError(f"runs past the film's {width}x{height} pixels")
+    ends = np.cumsum(v[0::2] + v[1::2])  # each offset counts from the end of the previous run
+    if not v[1::2].any():
+        raise ValueError("no pixel in the region")
     change = np.zeros(width * height + 1, np.int64)
     np.add.at(change, ends - v[1::2], 1)
     np.add.at(change, ends, -1)
@@ -88,5 +91,5 @@ def _regions(root: Path, image: str, image_id: str, rles: list[tuple[int, str]],
                          float(ys.max() - ys.min() + 1)))
         union |= m
     if out_dir is not None:
-        write_png(Path(out_dir) / MASKS / f"{image_id}.png", union.astype(np.uint8) * 255)
+        write_png(Path(out_dir) / MASKS / "Pneumothorax" / f"{image_id}.png", union.astype(np.uint8) * 255)
     return boxes
