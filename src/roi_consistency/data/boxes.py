@@ -47,15 +47,20 @@ def scale_box(box, src_size: tuple[int, int], dst: int):
     return (x * sx, y * sy, w * sx, h * sy)
 
 
+def film_size(ds: ImageCSVDataset, name: str) -> tuple[int, int]:
+    """A film's own (width, height), which boxes and masks refer to: from the cache's index where there is
+    one, else from the file's header."""
+    src = ds.cache.source_size(name) if ds.cache is not None else None
+    return src or source_size(ds.root / name)
+
+
 def to_model_pixels(ds: ImageCSVDataset, boxes: dict[str, list[Box]], size: int, source: str) -> dict[str, list[Box]]:
     """Boxes in each file's own pixels, scaled to the model's size x size input: the file's size comes from
     the cache's index where there is one, else the image header. A box outside its image is an error
     naming `source`, the box list."""
     out = {}
     for name, bxs in boxes.items():
-        src = ds.cache.source_size(name) if ds.cache is not None else None
-        if src is None:
-            src = source_size(ds.root / name)
+        src = film_size(ds, name)
         for f, x, y, w, h in bxs:
             if x >= src[0] or y >= src[1] or x + w <= 0 or y + h <= 0:
                 raise UserError(f"{source}: the {f} box of {shown(name)} ({x:g},{y:g},{w:g},{h:g}) lies outside the "
@@ -99,8 +104,7 @@ def scaled_mask(path: Path, ds: ImageCSVDataset, name: str, size: int) -> np.nda
             region = (np.asarray(im.convert("L")) > 0).astype(np.uint8) * 255
     except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"--masks: {path} could not be read ({exc})") from None
-    src = ds.cache.source_size(name) if ds.cache is not None else None
-    src = src or source_size(ds.root / name)
+    src = film_size(ds, name)
     if region.shape[::-1] != tuple(src):
         raise UserError(f"--masks: {path} is {region.shape[1]}x{region.shape[0]} px but its film {shown(name)} is "
                         f"{src[0]}x{src[1]}; a mask has its film's size")

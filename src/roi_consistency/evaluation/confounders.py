@@ -72,8 +72,7 @@ def read_confounders(path: str, ds: ImageCSVDataset, classes: list[str], size: i
 def peak_distance(map_: np.ndarray, box: tuple[float, float, float, float]) -> float:
     """Pixels from the map's maximum to the box (0 inside it); tied maxima count as their centroid, as in
     the pointing game."""
-    ys, xs = np.nonzero(map_ == map_.max())
-    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    cx, cy = M.peak(map_)
     x0, y0, w, h = box
     return float(np.hypot(max(x0 - cx, 0.0, cx - x0 - w), max(y0 - cy, 0.0, cy - y0 - h)))
 

@@ -48,21 +48,26 @@ def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> 
     return ((cy >= y0) & (cy <= y0 + bh))[:, None] & ((cx >= x0) & (cx <= x0 + bw))[None, :]
 
 
-def pointing_hit(saliency: np.ndarray, box: tuple[float, float, float, float]) -> bool:
-    """Does the box contain the map's maximum? Tied maxima (a saturated map) are replaced by their
-    centroid, so a flat map points at the middle of its plateau, never at the first index."""
+def peak(saliency: np.ndarray) -> tuple[float, float]:
+    """Where the map points, (x, y) in pixel units (a pixel's centre is at +0.5): its maximum, or for tied
+    maxima (a saturated map) their centroid, so a flat map points at the middle of its plateau, never at the
+    first index."""
     s = np.asarray(saliency, dtype=np.float64)
     ys, xs = np.nonzero(s == s.max())
-    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    return xs.mean() + 0.5, ys.mean() + 0.5
+
+
+def pointing_hit(saliency: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+    """Does the box contain the map's peak?"""
+    cx, cy = peak(saliency)
     x0, y0, bw, bh = box
     return bool(x0 <= cx <= x0 + bw and y0 <= cy <= y0 + bh)
 
 
 def pointing_in(saliency: np.ndarray, truth: np.ndarray) -> bool:
-    """Does the region `truth` (bool, the map's shape) hold the map's maximum (a plateau: its centroid)?"""
-    s = np.asarray(saliency, dtype=np.float64)
-    ys, xs = np.nonzero(s == s.max())
-    return bool(truth[min(int(ys.mean() + 0.5), len(truth) - 1), min(int(xs.mean() + 0.5), truth.shape[1] - 1)])
+    """Does the region `truth` (bool, the map's shape) hold the map's peak, the pixel its point falls in?"""
+    cx, cy = peak(saliency)
+    return bool(truth[min(int(cy), truth.shape[0] - 1), min(int(cx), truth.shape[1] - 1)])
 
 
 def share_and_iou(region: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
