@@ -176,3 +176,67 @@ def test_weights_of_other_findings_start_a_fresh_head_and_a_saved_config_must_na
         fit(small(phantom64, *csvs, tmp_path / "m.pt", weights=str(trained64), classes=names, epochs=0))
     with pytest.raises(UserError, match="names no findings"):
         checkpoint_config({"config": {}}, "old.pt")
+
+
+def test_a_joined_column_is_the_higher_logit_and_its_maps_explain_the_more_probable_class(trained64):
+    """ROIModel.join: the column's logit is the higher of its classes' on every input, and the learned map
+    and Grad-CAM of it are those of the class that is higher on the image."""
+    from roi_consistency.evaluation.explainers import gradcam_maps
+    from roi_consistency.model.trained import load_trained
+    model, cfg = load_trained(str(trained64), torch.device("cpu"))
+    n, xn = len(cfg.data.classes), model.normalize(torch.rand(8, 1, 48, 48, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        before = model.backbone(xn)
+    # two classes each higher on some of the images, so that the map must follow the image
+    a, b = next((a, b) for a in range(n) for b in range(a + 1, n) if 0 < (before[:, a] > before[:, b]).sum() < 8)
+    model.join({n: [a, b]})
+    with torch.no_grad():
+        after = model.backbone(xn)
+    assert torch.equal(after[:, :n], before) and torch.equal(after[:, n], before[:, [a, b]].amax(1))
+    part = torch.where(before[:, a] > before[:, b], a, b)
+    joined = torch.full((8,), n)
+    assert torch.equal(model.explain(xn, joined).maps, model.explain(xn, part).maps)
+    assert torch.allclose(gradcam_maps(model.backbone, xn, joined.tolist()),
+                          gradcam_maps(model.backbone, xn, part.tolist()), atol=1e-6)
+
+
+def test_a_dataset_that_labels_nodule_and_mass_as_one_is_scored_by_the_higher_probability(
+        phantom64, trained64, tmp_path):
+    """VinDr's one 'Nodule/Mass' label, and its boxes, against a model with Nodule and Mass apart: the label's
+    AUROC is that of the higher of the two probabilities, the model's own two are unknown there, and the
+    mapping says so."""
+    def one(f):
+        return [n for n in f if n not in ("Nodule", "Mass")] + (["Nodule/Mass"] if {"Nodule", "Mass"} & set(f) else [])
+    test = rewrite(phantom64["test"], tmp_path / "test.csv", lambda i, f: (one(f), []))
+    boxes = tmp_path / "boxes.csv"
+    lines = (phantom64["data"] / "BBox_List_2017.csv").read_text().splitlines()
+    boxes.write_text("\n".join([lines[0]] + [",".join([r[0], one([r[1]])[0], *r[2:]])
+                                             for r in (line.split(",") for line in lines[1:])]) + "\n")
+    m = evaluate_checkpoint(str(trained64), test, str(phantom64["images"]), bbox=str(boxes),
+                            out_dir=str(tmp_path / "eval"), keep_ratios=(0.1,), road_ratios=(0.1,), curve_images=0,
+                            n_examples=2, workers=0, progress=False)
+    preds = infer_csv(str(trained64), str(phantom64["test"]), str(phantom64["images"]), str(tmp_path / "p.json"),
+                      workers=0, progress=False)["predictions"]
+    y = np.array([[bool({"Nodule", "Mass"} & set(p["labels"]))] for p in preds], np.float32)
+    p_max = np.array([[max(p["prob_full"]["Nodule"], p["prob_full"]["Mass"])] for p in preds])
+    assert 0 < y.sum() < len(y)
+    assert m["auroc"]["full"]["Nodule/Mass"] == pytest.approx(per_class_auroc(y, p_max, ["x"])["x"], abs=1e-6)
+    assert m["classes"] == list(FINDINGS) + ["Nodule/Mass"]
+    assert m["vocabulary"]["joined"] == {"Nodule/Mass": ["Nodule", "Mass"]}
+    assert {"Nodule", "Mass"} <= set(m["vocabulary"]["unlabelled"]) and m["auroc"]["full"]["Mass"] is None
+    assert m["localisation"]["learned"]["pointing_by_class"]["Nodule/Mass"] is not None
+    assert m["calibration"]["per_class"]["Nodule/Mass"]["ece"] is not None
+    assert "scored by the higher probability of Nodule and Mass" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_the_common_vocabulary_joins_a_finding_the_model_scores_in_parts_only_where_asked():
+    from roi_consistency.data.vocabulary import match
+    named = ["Pleural effusion", "Nodule/Mass", "Aortic enlargement"]  # VinDr's spellings
+    m = match(list(FINDINGS), named)
+    assert m.reads["Effusion"] == ["Pleural effusion"] and m.unscored == ["Nodule/Mass", "Aortic enlargement"]
+    j = match(list(FINDINGS), named, join=True)
+    assert j.joined == {"Nodule/Mass": ["Nodule", "Mass"]} and j.unscored == ["Aortic enlargement"]
+    assert "'Nodule/Mass' scored by the higher probability of 'Nodule' and 'Mass'" in j.describe()
+    assert match(["Effusion", "Nodule"], named, join=True).joined == {}  # without Mass, no join
+    own = match(["Effusion", "Nodule/Mass"], ["Nodule", "Mass", "Effusion"], join=True)
+    assert own.reads["Nodule/Mass"] == ["Nodule", "Mass"] and not own.joined

@@ -40,11 +40,13 @@ def image_name(text: str | None, csv_path: Path, line_no: int) -> str:
     return name
 
 
-def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.ndarray | None, Match | None]:
+def read_label_csv(path: str | Path, classes: list[str], join: bool = False
+                   ) -> tuple[list[str], np.ndarray | None, Match | None]:
     """Image names, a float32 label matrix over `classes` (None when the CSV has no labels column) and how
     the CSV's finding names were read as the classes (vocabulary.match; None: as they are). A label is 1 for
     a finding in the labels column, NaN for one in the optional unknown column or one the CSV of another
-    vocabulary never names, else 0. A film listed more than once is kept as listed (each listing is scored),
+    vocabulary never names, else 0. With `join`, a CSV finding the model scores in parts (match.joined) gets
+    a column after the classes. A film listed more than once is kept as listed (each listing is scored),
     with a warning."""
     path = Path(path)
     if not path.is_file():
@@ -60,10 +62,11 @@ def read_label_csv(path: str | Path, classes: list[str]) -> tuple[list[str], np.
     warn_repeated(names, path)
     if "labels" not in header:
         return names, None, None
-    m = match(classes, list(dict.fromkeys(n for positive, unknown in rows for n in positive + unknown)))
+    m = match(classes, list(dict.fromkeys(n for positive, unknown in rows for n in positive + unknown)), join)
+    classes = list(classes) + list(m.joined if m else ())
     columns: dict[str, list[int]] = {}  # a CSV name -> the columns it is read as
     for j, c in enumerate(classes):
-        for n in m.reads.get(c, ()) if m else (c,):
+        for n in m.reads.get(c, [c] if c in m.joined else []) if m else (c,):
             columns.setdefault(n, []).append(j)
     labels = np.zeros((len(rows), len(classes)), np.float32)
     labels[:, [classes.index(c) for c in (m.unlabelled if m else ())]] = np.nan
@@ -133,9 +136,9 @@ class ImageCSVDataset(Dataset):
     or (index, seed) pairs from SeededSampler; a seed switches augmentation on."""
 
     def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
-                 augment: bool = False, cache=None, raw: bool = False):
-        self.csv_path, (self.names, labels, self.match) = Path(csv_path), read_label_csv(csv_path, classes)
-        self.classes = list(classes)
+                 augment: bool = False, cache=None, raw: bool = False, join: bool = False):
+        self.csv_path, (self.names, labels, self.match) = Path(csv_path), read_label_csv(csv_path, classes, join)
+        self.classes = list(classes) + list(self.match.joined if self.match else ())  # join: see read_label_csv
         if self.match:  # another dataset's names: say how they were read
             print(f"{csv_path}: findings {self.match.describe()}", file=sys.stderr)
         self.cache = cache  # an ImageCache: decoded rows instead of PNG files
@@ -144,7 +147,7 @@ class ImageCSVDataset(Dataset):
             if missing:
                 raise UserError(f"--cache {cache.path}: {len(missing)} images of {csv_path} are not in the cache "
                                 f"(e.g. {missing[0]}); rebuild it with this CSV among its --csv files")
-        self.labels = labels if labels is not None else np.zeros((len(self.names), len(classes)), np.float32)
+        self.labels = labels if labels is not None else np.zeros((len(self.names), len(self.classes)), np.float32)
         self.has_labels = labels is not None
         self.root, self.size, self.augment = Path(image_root), img_size, augment
         # raw: items carry the cached uint8 row and its augmentation parameters, (image, u), and

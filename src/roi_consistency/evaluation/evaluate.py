@@ -43,10 +43,14 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
     opt = EvalOptions(**options)
     dev = pick_device(opt.device)
     model, cfg = load_trained(checkpoint, dev)
-    classes, size, r0 = cfg.data.classes, cfg.model.img_size, cfg.method.keep_ratio
-    ds = ImageCSVDataset(csv_path, image_root, size, classes, cache=ImageCache(opt.cache, size) if opt.cache else None)
+    size, r0 = cfg.model.img_size, cfg.method.keep_ratio
+    ds = ImageCSVDataset(csv_path, image_root, size, cfg.data.classes, join=True,
+                         cache=ImageCache(opt.cache, size) if opt.cache else None)
     if not ds.has_labels:
         raise UserError(f"{csv_path}: evaluation needs a labels column")
+    classes = ds.classes  # the model's, then any the CSV labels as a whole that the model scores in parts
+    if ds.match and ds.match.joined:
+        model.join({classes.index(n): [classes.index(c) for c in cs] for n, cs in ds.match.joined.items()})
     skipped = ds.drop_bad(opt.skip_bad_images, opt.progress)
     boxes = model_boxes(ds, bbox, classes, size)
     masks = read_masks(opt.masks, ds, classes, size) if opt.masks else None

@@ -210,7 +210,8 @@ class Metrics(TypedDict):
     sanity: Optional[Sanity]
     confounders: Optional[Confounders]  # evaluate --confounders (confounders.py)
     vocabulary: Optional[dict]  # how the CSV's finding names were read as the model's, where they differ:
-    #                             {"read_as": {class: [CSV names]}, "unlabelled": [classes], "unscored": [names]}
+    #                             {"read_as": {class: [CSV names]}, "unlabelled": [classes], "unscored": [names],
+    #                              "joined": {CSV name: [classes]}: an extra column, the classes' highest p}
     datasets: dict  # {"trained", "evaluated": {"csv", "name"}}: the training and the test CSV, and the dataset
     #                 each holds by make-csv's naming (nih, vindr, ...; None for a CSV named otherwise)
     skipped_images: list

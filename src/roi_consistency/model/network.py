@@ -50,6 +50,17 @@ def frozen_bn_stats(module: nn.Module):
             m.momentum = mom
 
 
+class JoinedColumns:
+    """A forward hook that appends to the classifier's logits [B,C] one column per group of classes: the
+    group's highest logit (the sigmoid keeps the order, so its probability is the group's highest)."""
+
+    def __init__(self, groups: list[list[int]]):
+        self.groups = groups
+
+    def __call__(self, module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out, *(out[:, g].amax(1, keepdim=True) for g in self.groups)], 1)
+
+
 class ROIModel(nn.Module):
     """A classifier (`backbone`), the mask network that explains it, and the fill of removed pixels."""
 
@@ -68,6 +79,7 @@ class ROIModel(nn.Module):
         self.thresholds: dict | None = None
         # where the weights were trained (runtime.environment), or None for a checkpoint that predates it
         self.trained_on: dict | None = None
+        self.joined: dict[int, list[int]] = {}  # output columns added by `join`: column -> the classes it joins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits [B,C] on one-channel images x [B,1,H,W] in [0, 1]."""
@@ -111,8 +123,29 @@ class ROIModel(nn.Module):
         """The learned map of each image of xn (normalised). For the method's head, cls [B] picks the class
         each map explains (None or -1: the most probable); the reference's map ignores it."""
         if isinstance(self.mask_net, FeatureMaskNet):
-            return Explanation(*self.mask_net(xn, self.backbone, cls, self.fill_for(xn)))
+            return Explanation(*self.mask_net(xn, self.backbone, self.own_class(xn, cls), self.fill_for(xn)))
         return Explanation(self.mask_net(xn).float(), None, None)
+
+    def join(self, columns: dict[int, list[int]]) -> None:
+        """Add output columns after the classifier's own, each the highest logit of some of its classes, so its
+        probability is the highest of theirs: a dataset's one 'Nodule/Mass' label is then scored against a
+        model with Nodule and Mass apart. A joined column's map explains, per image, its more probable class."""
+        assert sorted(columns) == list(range(min(columns), min(columns) + len(columns))), "columns follow the model's"
+        self.joined = dict(sorted(columns.items()))
+        self.backbone.register_forward_hook(JoinedColumns(list(self.joined.values())))
+
+    def own_class(self, xn: torch.Tensor, cls: torch.Tensor | None) -> torch.Tensor | None:
+        """cls with each joined column (and, once joins exist, -1) replaced by the image's most probable class
+        among those it joins, which is what the joined probability is on the full image."""
+        if not self.joined or cls is None or not ((cls < 0) | (cls >= min(self.joined))).any():
+            return cls
+        with torch.no_grad():
+            out = self.backbone(xn).float()
+        cls = torch.where(cls >= 0, cls, out.argmax(1))
+        for k, parts in self.joined.items():
+            idx = torch.tensor(parts, device=out.device)
+            cls = torch.where(cls == k, idx[out[:, idx].argmax(1)], cls)
+        return cls
 
     def logits(self, full: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's logits on a batch of full images and on batches of masked ones. Fused into one

@@ -600,6 +600,8 @@ def _datasets(metrics: dict) -> str:
         line += (f". The test CSV names findings another way: {_esc(read) or 'no name read as another'}"
                  + (f"; unknown here, as the CSV never names them: {_esc(', '.join(v['unlabelled']))}"
                     if v["unlabelled"] else "")
+                 + "".join(f"; {_esc(n)} scored by the higher probability of {_esc(' and '.join(cs))}, its maps "
+                           "explaining the more probable" for n, cs in (v.get("joined") or {}).items())
                  + (f"; left out, as the model lacks them: {_esc(', '.join(v['unscored']))}" if v["unscored"] else ""))
     return line
 
