@@ -28,6 +28,7 @@ def figures(d: dict) -> dict:
     out["p (MoRF)"] = vs["road_morf"]["p"]
     if (d.get("sanity") or {}).get("frozen_head"):  # at the verdict's step (earlier checks stopped there)
         s = d["sanity"]["frozen_head"]
+        out["sanity ρ L, fc"] = s["maps"]["learned"]["median"][0]  # only the head random: issue 28's target 2
         out["sanity ρ L"] = s["maps"]["learned"]["median"][s.get("judged_at", len(s["stages"])) - 1]
     return out
 

@@ -15,6 +15,7 @@ from roi_consistency.errors import UserError
 from roi_consistency.evaluation.confounders import (
     IGNORES,
     RELIES,
+    Audit,
     audit,
     confounders_section,
     peak_distance,
@@ -89,11 +90,24 @@ def test_reliance_separates_a_marker_the_model_uses_from_background_it_ignores(t
     for kind in ("fill", "road"):  # the marker carries p; plain background does not
         assert s["relied"]["reliance"][kind]["mean"] > 0.3 and s["relied"]["reliance"][kind]["share_above"] == 1.0
         assert abs(s["ignored"]["reliance"][kind]["mean"]) < IGNORES and s["ignored"]["reliance"][kind]["ci95"]
+    assert s["relied"]["reliance"]["log_odds"]["mean"] > 1.0 and abs(s["ignored"]["reliance"]["log_odds"]["mean"]) < 0.1
     oracle, far = s["all"]["maps"]["boxes"], s["all"]["maps"]["far"]
     assert all(oracle[m]["mean"] == 1.0 for m in ("pointing", "pointing_tolerant", "share", "energy")), oracle
     assert all(far[m]["mean"] == 0.0 for m in ("pointing", "pointing_tolerant", "share", "energy")), far
     assert cf["n_images"] == 16 and cf["relies_above"] == RELIES and len(a.examples) == 3
     assert {ex["image"] for ex in a.examples} <= {n for n in ds.names[::2]}  # relied-on pairs shown first
+
+
+def test_the_drop_in_log_odds_shows_a_region_that_carries_a_small_probability():
+    """p 0.01 -> 0.001 without the region: below the 0.02 that counts as ignored in p, yet the odds fall tenfold;
+    p 0.9 -> 0.89: ignored both ways."""
+    p_full, p_fill = np.array([0.01, 0.01, 0.9, 0.9]), np.array([0.001, 0.001, 0.89, 0.89])
+    a = Audit(p_full, p_fill, p_fill, {}, np.arange(4), [])
+    s = confounders_section(a, "f.csv", [], seed=0)["sets"]
+    assert s["ignored"]["n_pairs"] == 4 and s["ignored"]["reliance"]["fill"]["mean"] < IGNORES
+    want = np.log(0.01 / 0.99) - np.log(0.001 / 0.999), np.log(0.9 / 0.1) - np.log(0.89 / 0.11)
+    assert s["ignored"]["reliance"]["log_odds"]["mean"] == pytest.approx(np.mean(want))
+    assert want[0] > 2.3 and s["ignored"]["reliance"]["log_odds"]["share_above"] is None
 
 
 def test_pointing_is_strict_in_the_region_and_tolerant_just_outside():

@@ -146,16 +146,25 @@ def test_a_model_scored_on_the_phantom_laid_out_as_vindr_agrees_with_scoring_it_
         for kind in ("crop", "drop"):
             assert as_vindr["auroc"][kind]["learned"][c] == direct["auroc"][kind]["learned"][c], (kind, c)
         assert as_vindr["auroc"]["full"][c] == direct["auroc"]["full"][c] is not None
-        assert as_vindr["calibration"]["per_class"][c] == direct["calibration"]["per_class"][c]
+        agree(as_vindr["calibration"]["per_class"][c], direct["calibration"]["per_class"][c])
         assert as_vindr["box_control"][c] == pytest.approx(direct["box_control"][c], rel=1e-6)  # batched otherwise
         for m in ("learned", "gradcam"):
             pointing = [e["localisation"][m]["pointing_by_class"][c] for e in (as_vindr, direct)]
             assert pointing[0] == pointing[1], (m, c)
     assert as_vindr["auroc"]["full"]["Mass"] is None  # VinDr's one Nodule/Mass label does not say which
+    assert as_vindr["vocabulary"]["joined"] == {"Nodule/Mass": ["Nodule", "Mass"]}  # it is scored by the higher p
     assert as_vindr["datasets"]["trained"]["name"] == "nih" and as_vindr["datasets"]["evaluated"]["name"] == "vindr"
     html = (tmp_path / "a" / "report.html").read_text()
     assert "Trained on <b>nih</b> (<code>nih_roi_train.csv</code>) · evaluated on <b>vindr</b>" in html
-    assert "Pleural effusion read as Effusion" in html and "left out, as the model lacks them: Nodule/Mass" in html
+    assert "Pleural effusion read as Effusion" in html and "Nodule/Mass scored by the higher probability" in html
+
+
+def agree(a: dict, b: dict) -> None:
+    """The same figures up to the last bits of a float32 sum: VinDr's test CSV adds a Nodule/Mass column to the
+    probabilities, and numpy sums a column of a wider matrix in another order."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] is None and b[k] is None) or a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), k
 
 
 def reference_rle2mask(rle, width, height):

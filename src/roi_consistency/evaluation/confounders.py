@@ -7,7 +7,8 @@ token. The finding need not be true for the image: a false positive a marker cau
 matters most. For every listed pair:
 
 - the model's reliance on the region: p(full) minus p with the region removed, once with the model's fill
-  and once with ROAD's imputation (the removal the classifier never saw);
+  and once with ROAD's imputation (the removal the classifier never saw); and, with the fill, the drop in
+  log-odds, which shows a region that carries the logit of a film whose p is already small;
 - for each map, drawn for the pair's finding: `pointing`, the map's maximum lies in the region, strictly
   and within the pointing game's tolerance (15 px at 224 px, scaled: a coarse map's peak can sit just
   outside a small marker); `share`, the share of the region's pixels inside the map's mask at the
@@ -165,9 +166,15 @@ def audit(model: ROIModel, ds: ImageCSVDataset, listed: Listed, explainers, r0: 
     return Audit(cat["p_full"], cat["p_fill"], cat["p_road"], measures, listed.rows[np.concatenate(kept)], examples)
 
 
-def reliance(drop: np.ndarray, image_of: np.ndarray, counts: np.ndarray) -> dict:
-    """The mean drop of p without the region, its interval, and the share of pairs that drop more than RELIES."""
-    return {**M.mean_ci(drop, image_of, counts), "share_above": float((drop > RELIES).mean()) if len(drop) else None}
+def reliance(drop: np.ndarray, image_of: np.ndarray, counts: np.ndarray, above: float | None = RELIES) -> dict:
+    """The mean drop without the region, its interval, and the share of pairs that drop more than `above`."""
+    share = float((drop > above).mean()) if len(drop) and above is not None else None
+    return {**M.mean_ci(drop, image_of, counts), "share_above": share}
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)  # float32's sigmoid saturates about there
+    return np.log(p) - np.log1p(-p)
 
 
 def confounders_section(a: Audit, path: str, left_out: list[str], seed: int) -> dict:
@@ -177,10 +184,14 @@ def confounders_section(a: Audit, path: str, left_out: list[str], seed: int) -> 
     counts = M.resample_counts(len(images), seed=seed)
     drops = {"fill": a.p_full - a.p_fill, "road": a.p_full - a.p_road}
     chosen = {"all": np.ones(len(a.rows), bool), "relied": drops["fill"] > RELIES, "ignored": drops["fill"] < IGNORES}
+    # where p is already small, a drop below IGNORES can still be the region carrying most of the logit: the
+    # drop in log-odds shows it (no threshold of its own: the sets stay those of p)
+    drops["log_odds"] = log_odds(a.p_full) - log_odds(a.p_fill)
     sets = {}
     for name, sel in chosen.items():
         sets[name] = {"n_pairs": int(sel.sum()),
-                      "reliance": {k: reliance(d[sel], image_of[sel], counts) for k, d in drops.items()},
+                      "reliance": {k: reliance(d[sel], image_of[sel], counts, None if k == "log_odds" else RELIES)
+                                   for k, d in drops.items()},
                       "maps": {e: {m: M.mean_ci(v[sel], image_of[sel], counts) for m, v in per.items()}
                                for e, per in a.measures.items()}}
     return {"file": str(path), "n_pairs": int(len(a.rows)), "n_images": int(len(images)),

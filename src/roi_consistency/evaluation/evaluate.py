@@ -187,5 +187,5 @@ def confounder_lines(cf: dict | None) -> list[str]:
         rel = v["reliance"]
         maps = ", ".join(f"{n} {x['pointing']['mean']:.2f} / {x['share']['mean']:.2f}" for n, x in v["maps"].items())
         lines.append(f"    {k:8s} {v['n_pairs']:4d} pairs: reliance {rel['fill']['mean']:+.3f} | "
-                     f"{rel['road']['mean']:+.3f}; {maps}")
+                     f"{rel['road']['mean']:+.3f} (log-odds {rel['log_odds']['mean']:+.2f}); {maps}")
     return lines

@@ -159,7 +159,8 @@ class Sanity(TypedDict):
 
 class ConfounderSet(TypedDict):
     n_pairs: int
-    reliance: dict  # {"fill" | "road": MeanCI and "share_above": the share of pairs whose p drops > relies_above}
+    reliance: dict  # {"fill" | "road": MeanCI and "share_above": the share of pairs whose p drops > relies_above;
+    #                  "log_odds": the fill's drop in log-odds, MeanCI (share_above None)}
     maps: dict  # {map: {"pointing" | "pointing_tolerant" | "share" | "energy": MeanCI}}
 
 

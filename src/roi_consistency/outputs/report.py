@@ -507,13 +507,20 @@ def _reliability_figure(rel: dict) -> str:
 SET_NAMES = {"all": "all pairs", "relied": "the model relies on the region", "ignored": "the model ignores the region"}
 
 
+def _log_odds_cell(rel: dict) -> str:
+    r = rel.get("log_odds")  # absent from a metrics.json written before it was measured
+    return f"<td>{_fmt(r['mean'], 2)}{_ci(r['ci95'])}</td>" if r else "<td>n/a</td>"
+
+
 def _confounder_tables(cf: dict) -> str:
     """The reliance per set of pairs, then each map's measures per set."""
     rows = "".join(f"<tr><td>{SET_NAMES[k]}</td><td>{v['n_pairs']}</td>" + "".join(
         f"<td>{_fmt(r['mean'])}{_ci(r['ci95'])}</td><td>{_fmt(r['share_above'], 2)}</td>"
-        for r in (v["reliance"]["fill"], v["reliance"]["road"])) + "</tr>" for k, v in cf["sets"].items())
+        for r in (v["reliance"]["fill"], v["reliance"]["road"])) + _log_odds_cell(v["reliance"]) + "</tr>"
+        for k, v in cf["sets"].items())
     head = ("<table><tr><th>pairs</th><th>n</th><th>reliance, fill</th><th>share &gt; "
-            f"{cf['relies_above']:g}</th><th>reliance, ROAD</th><th>share &gt; {cf['relies_above']:g}</th></tr>")
+            f"{cf['relies_above']:g}</th><th>reliance, ROAD</th><th>share &gt; {cf['relies_above']:g}</th>"
+            "<th>log-odds drop, fill</th></tr>")
     cells = "".join(f"<tr><td>{SET_NAMES[k]}</td><td>{_esc(name)}</td>" + "".join(
         f"<td>{_fmt(m[x]['mean'])}{_ci(m[x]['ci95'])}</td>" for x in CONFOUNDER_MEASURES)
         + "</tr>" for k, v in cf["sets"].items() if v["n_pairs"] for name, m in v["maps"].items())
@@ -537,7 +544,9 @@ def _confounders(cf: dict | None, examples: list[dict]) -> str:
             f"images).{left} <i>Reliance</i>: how much the finding's probability drops when the region is removed, "
             f"with the model's fill and with ROAD's imputation; the model relies on the region where it drops by "
             f"more than {cf['relies_above']:g} (fill), and ignores it where it drops by less than "
-            f"{cf['ignores_below']:g}. For each map, drawn for the pair's finding: <i>pointing</i>, its maximum lies "
+            f"{cf['ignores_below']:g}. Where p is already small it cannot drop by much, even when the region "
+            "carries most of the finding's logit: the drop in log-odds shows that. For each map, drawn for the "
+            "pair's finding: <i>pointing</i>, its maximum lies "
             "in the region (strictly, and within the pointing game's tolerance); <i>share</i>, the share of the "
             "region inside the map's mask (confounder sensitivity, Sun et al. 2023); <i>energy</i>, the share of the "
             "map's positive mass inside the region. A map that shows what the model relies on scores high where it "
