@@ -2,9 +2,11 @@
 test films, with the learned map, Grad-CAM and the random map: what round 15 of EXPERIMENTS.md compares
 mask heads by. `--mirror` audits each listed box mirrored left to right instead: a placebo region in the
 other top corner, with no marker, which tells a map that lights the marker from one that lights that part
-of every film.
+of every film. `--stage-maps` adds the inputs a head could read, each scored as a map: gradient x
+(input - fill), the model-free anomaly map, and each stage's gradient-weighted features relu(dy_c/dA * A)
+summed over channels (`stage1` to `stage4`, strides 4 to 32).
 
-Usage: python benchmarks/marker_audit.py CHECKPOINT SHORTCUT_DIR OUT.json [--mirror] [--head gw]
+Usage: python benchmarks/marker_audit.py CHECKPOINT SHORTCUT_DIR OUT.json [--mirror] [--head gw] [--stage-maps]
 SHORTCUT_DIR: as benchmarks/shortcut_round.sh makes it (phantom/, csv/, cache256/, marker_only.csv).
 """
 from __future__ import annotations
@@ -20,8 +22,29 @@ from PIL import Image
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import ImageCache
 from roi_consistency.evaluation.confounders import audit, confounders_section, read_confounders
-from roi_consistency.evaluation.explainers import GradCAM, Learned, Random
+from roi_consistency.evaluation.explainers import Anomaly, Attribution, GradCAM, Learned, Random
+from roi_consistency.model.mask_nets import feature_layers
 from roi_consistency.model.trained import load_trained
+
+
+class StageMap:
+    """relu(gradient x activation) of the pair's logit at one of the classifier's stages, summed over channels."""
+    ties = False
+
+    def __init__(self, model, i: int):
+        self.backbone, self.layer, self.name = model.backbone, feature_layers(model.backbone)[i], f"stage{i + 1}"
+
+    def __call__(self, pairs):
+        store = {}
+        hook = self.backbone.get_submodule(self.layer).register_forward_hook(lambda m, i, o: store.update(a=o))
+        try:
+            with torch.enable_grad():
+                out = self.backbone(pairs.xn.detach().requires_grad_(True))
+                g, = torch.autograd.grad(out.gather(1, pairs.cls[:, None]).sum(), store["a"])
+        finally:
+            hook.remove()
+        cam = (g * store["a"]).relu().sum(1, keepdim=True).detach().float()
+        return torch.nn.functional.interpolate(cam, size=pairs.xn.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def mirrored(listed: Path, images: Path, out: Path) -> Path:
@@ -42,6 +65,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--mirror", action="store_true")
     ap.add_argument("--head", choices=["method", "gw"], default="method")
+    ap.add_argument("--stage-maps", action="store_true")
     a = ap.parse_args()
     if a.head == "gw":
         import gw_head  # benchmarks/gw_head.py, beside this script
@@ -55,7 +79,10 @@ def main() -> None:
         listed_file = mirrored(d / "marker_only.csv", d / "phantom/images", Path(tmp) / "m.csv") if a.mirror \
             else d / "marker_only.csv"
         listed, left = read_confounders(str(listed_file), ds, cfg.data.classes, size)
-    found = audit(model, ds, listed, [Learned(model), GradCAM(model), Random(0)], cfg.method.keep_ratio, 16, 0, 0)
+    maps = [Learned(model), GradCAM(model), Random(0)]
+    if a.stage_maps:
+        maps += [Attribution(model), Anomaly(model)] + [StageMap(model, i) for i in range(4)]
+    found = audit(model, ds, listed, maps, cfg.method.keep_ratio, 16, 0, 0)
     section = confounders_section(found, str(listed_file), left, 0)
     a.out.write_text(json.dumps(section, indent=1))
     for name, s in section["sets"].items():
