@@ -18,6 +18,27 @@ from roi_consistency.model import mask_nets
 from roi_consistency.model.mask_nets import FeatureMaskNet, captured, explained_class, feature_layers
 
 
+def weighted_features(backbone: nn.Module, xn: torch.Tensor, cls: torch.Tensor | None, layers):
+    """relu(gradient x activation) of the explained class's logit at each of the stages `layers`, the
+    explained class (cls, or the most probable where -1) and the logits."""
+    was_training = backbone.training
+    backbone.eval()
+    feats = {}
+    hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
+             for n in layers]
+    try:
+        with torch.enable_grad():
+            out = backbone(xn.detach().requires_grad_(True))
+            explained = explained_class(out, cls)
+            fs = [feats[n] for n in layers]
+            gs = torch.autograd.grad(out.gather(1, explained[:, None]).sum(), fs)
+    finally:
+        for h in hooks:
+            h.remove()
+        backbone.train(was_training)
+    return [(g * f).detach().float().relu() for f, g in zip(fs, gs)], explained, out.detach()
+
+
 class GradFeatureMaskNet(FeatureMaskNet):  # a FeatureMaskNet to ROIModel.explain: called with the backbone
     def __init__(self, channels: tuple[int, ...], layers: tuple[str, ...], width: int = 32):
         nn.Module.__init__(self)
@@ -26,27 +47,8 @@ class GradFeatureMaskNet(FeatureMaskNet):  # a FeatureMaskNet to ROIModel.explai
                                   nn.Conv2d(width, 1, 1))
         self.layers = layers
 
-    def weighted(self, xn: torch.Tensor, backbone: nn.Module, cls: torch.Tensor | None):
-        """relu(gradient x activation) of the explained class's logit at each stage, and the logits."""
-        was_training = backbone.training
-        backbone.eval()
-        feats = {}
-        hooks = [backbone.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: feats.__setitem__(n, o))
-                 for n in self.layers]
-        try:
-            with torch.enable_grad():
-                out = backbone(xn.detach().requires_grad_(True))
-                explained = explained_class(out, cls)
-                fs = [feats[n] for n in self.layers]
-                gs = torch.autograd.grad(out.gather(1, explained[:, None]).sum(), fs)
-        finally:
-            for h in hooks:
-                h.remove()
-            backbone.train(was_training)
-        return [(g * f).detach().float().relu() for f, g in zip(fs, gs)], explained, out.detach()
-
     def forward(self, xn, backbone, cls, fill):
-        ws, explained, out = self.weighted(xn, backbone, cls)
+        ws, explained, out = weighted_features(backbone, xn, cls, self.layers)
         size = ws[0].shape[-2:]
         z = 0
         for proj, w in zip(self.proj, ws):

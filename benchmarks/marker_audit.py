@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from gw_head import weighted_features  # benchmarks/gw_head.py, beside this script
 from PIL import Image
 
 from roi_consistency.data.dataset import ImageCSVDataset
@@ -35,17 +37,8 @@ class StageMap:
         self.backbone, self.layer, self.name = model.backbone, feature_layers(model.backbone)[i], f"stage{i + 1}"
 
     def __call__(self, pairs):
-        store = {}
-        hook = self.backbone.get_submodule(self.layer).register_forward_hook(lambda m, i, o: store.update(a=o))
-        try:
-            with torch.enable_grad():
-                out = self.backbone(pairs.xn.detach().requires_grad_(True))
-                g, = torch.autograd.grad(out.gather(1, pairs.cls[:, None]).sum(), store["a"])
-        finally:
-            hook.remove()
-        cam = (g * store["a"]).relu().sum(1, keepdim=True).detach().float()
-        return torch.nn.functional.interpolate(cam, size=pairs.xn.shape[-2:], mode="bilinear", align_corners=False)
-
+        (w,), _, _ = weighted_features(self.backbone, pairs.xn, pairs.cls, (self.layer,))
+        return F.interpolate(w.sum(1, keepdim=True), size=pairs.xn.shape[-2:], mode="bilinear", align_corners=False)
 
 def mirrored(listed: Path, images: Path, out: Path) -> Path:
     lines = listed.read_text().splitlines()
@@ -68,7 +61,7 @@ def main() -> None:
     ap.add_argument("--stage-maps", action="store_true")
     a = ap.parse_args()
     if a.head == "gw":
-        import gw_head  # benchmarks/gw_head.py, beside this script
+        import gw_head
         gw_head.install()
     d = a.shortcut_dir
     model, cfg = load_trained(a.checkpoint, torch.device("cpu"))

@@ -19,7 +19,7 @@ from roi_consistency.data.augment import aug_params, augment, augment_batch
 from roi_consistency.data.images import load_image
 from roi_consistency.data.labels import LabelError, split_labels
 from roi_consistency.data.preflight import preflight
-from roi_consistency.data.vocabulary import Match, match
+from roi_consistency.data.vocabulary import Match, columns, match
 from roi_consistency.errors import UserError
 from roi_consistency.files.text import read_table
 
@@ -63,18 +63,18 @@ def read_label_csv(path: str | Path, classes: list[str], join: bool = False
     if "labels" not in header:
         return names, None, None
     m = match(classes, list(dict.fromkeys(n for positive, unknown in rows for n in positive + unknown)), join)
-    classes = list(classes) + list(m.joined if m else ())
-    columns: dict[str, list[int]] = {}  # a CSV name -> the columns it is read as
+    classes = columns(classes, m)
+    read_into: dict[str, list[int]] = {}  # a CSV name -> the columns it is read as
     for j, c in enumerate(classes):
         for n in m.reads.get(c, [c] if c in m.joined else []) if m else (c,):
-            columns.setdefault(n, []).append(j)
+            read_into.setdefault(n, []).append(j)
     labels = np.zeros((len(rows), len(classes)), np.float32)
     labels[:, [classes.index(c) for c in (m.unlabelled if m else ())]] = np.nan
     for i, (positive, unknown) in enumerate(rows):
         for n in unknown:
-            labels[i, columns.get(n, [])] = np.nan
+            labels[i, read_into.get(n, [])] = np.nan
         for n in positive:  # after: a Nodule/Mass column is positive where either part is, whatever the other
-            labels[i, columns.get(n, [])] = 1.0
+            labels[i, read_into.get(n, [])] = 1.0
     return names, labels, m
 
 
@@ -138,7 +138,7 @@ class ImageCSVDataset(Dataset):
     def __init__(self, csv_path: str | Path, image_root: str | Path, img_size: int, classes: list[str],
                  augment: bool = False, cache=None, raw: bool = False, join: bool = False):
         self.csv_path, (self.names, labels, self.match) = Path(csv_path), read_label_csv(csv_path, classes, join)
-        self.classes = list(classes) + list(self.match.joined if self.match else ())  # join: see read_label_csv
+        self.classes = columns(classes, self.match)  # join: see read_label_csv
         if self.match:  # another dataset's names: say how they were read
             print(f"{csv_path}: findings {self.match.describe()}", file=sys.stderr)
         self.cache = cache  # an ImageCache: decoded rows instead of PNG files

@@ -97,6 +97,11 @@ def match(classes: list[str], named: list[str], join: bool = False) -> Match | N
     read = {n for names in out.reads.values() for n in names}
     out.unscored = [n for n in named if n not in read]
     if join:
-        out.joined = {n: joined_parts(n, classes) for n in out.unscored if joined_parts(n, classes)}
+        out.joined = {n: parts for n in out.unscored if (parts := joined_parts(n, classes))}
         out.unscored = [n for n in out.unscored if n not in out.joined]
     return out
+
+
+def columns(classes: list[str], m: Match | None) -> list[str]:
+    """The label columns of a CSV read through `m`: the model's classes, then the names it joins."""
+    return list(classes) + list(m.joined if m else ())
