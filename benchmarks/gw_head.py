@@ -8,12 +8,15 @@ train, evaluate, sanity; a checkpoint it trains loads only through this script)
 """
 from __future__ import annotations
 
+import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roi_consistency.evaluation import sanity
 from roi_consistency.model import mask_nets
 from roi_consistency.model.mask_nets import FeatureMaskNet, captured, explained_class, feature_layers
 
@@ -68,9 +71,18 @@ def features_gw(backbone: nn.Module, n_classes: int) -> GradFeatureMaskNet:
     return GradFeatureMaskNet(tuple(feats[n].shape[1] for n in layers), layers)
 
 
+def _train_with_this_head(cmd: list[str], **kw):
+    """`sanity` retrains the mask stage in a process of its own (`python -m roi_consistency train`): run it
+    through this script instead, so that the retrained head is this one too."""
+    at = cmd.index("-m")
+    return subprocess.run([*cmd[:at], __file__, *cmd[at + 2:]], **kw)
+
+
 def install() -> None:
-    """Every model built from now on in this process gets this head in place of the method's."""
+    """Every model built from now on in this process, and in the `sanity` retrainings it starts, gets this
+    head in place of the method's."""
     mask_nets.MASK_NETS["features_grad"] = features_gw
+    sanity.subprocess = SimpleNamespace(run=_train_with_this_head, PIPE=subprocess.PIPE, STDOUT=subprocess.STDOUT)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from roi_consistency.evaluation.confounders import (
     Audit,
     audit,
     confounders_section,
+    mirrored,
     peak_distance,
     read_confounders,
     region_measures,
@@ -94,6 +95,8 @@ def test_reliance_separates_a_marker_the_model_uses_from_background_it_ignores(t
     oracle, far = s["all"]["maps"]["boxes"], s["all"]["maps"]["far"]
     assert all(oracle[m]["mean"] == 1.0 for m in ("pointing", "pointing_tolerant", "share", "energy")), oracle
     assert all(far[m]["mean"] == 0.0 for m in ("pointing", "pointing_tolerant", "share", "energy")), far
+    # the markers sit anywhere, so a box's mirror image seldom meets it: the oracle covers it far less
+    assert oracle["placebo_share"]["mean"] < 0.5 and oracle["placebo_share"]["ci95"]
     assert cf["n_images"] == 16 and cf["relies_above"] == RELIES and len(a.examples) == 3
     assert {ex["image"] for ex in a.examples} <= {n for n in ds.names[::2]}  # relied-on pairs shown first
 
@@ -117,10 +120,20 @@ def test_pointing_is_strict_in_the_region_and_tolerant_just_outside():
     beside[11, 16] = 1.0  # its centre is 2.5 px right of the box
     assert peak_distance(inside, box) == 0.0 and peak_distance(beside, box) == pytest.approx(2.5)
     region = box_mask((48, 48), box)
-    hit = region_measures(beside, beside > 0, region, box, tolerance=15 / 224 * 48)
+    hit = region_measures(beside, beside > 0, region, box, 15 / 224 * 48, region)
     assert hit["pointing"] == 0.0 and hit["pointing_tolerant"] == 1.0 and hit["share"] == 0.0
     half = np.where(region, 1.0, 0.0) + np.where(np.roll(region, 4, axis=1), 1.0, 0.0)  # half its mass on the box
-    assert region_measures(half, half > 0, region, box, 3.0)["energy"] == pytest.approx(0.5)
+    assert region_measures(half, half > 0, region, box, 3.0, region)["energy"] == pytest.approx(0.5)
+
+
+def test_the_mirrored_region_tells_a_map_on_the_region_from_one_on_that_place_in_every_film():
+    box = (4.0, 10.0, 6.0, 6.0)
+    region, placebo = box_mask((48, 48), box), box_mask((48, 48), mirrored(box, 48))
+    assert mirrored(box, 48) == (38.0, 10.0, 6.0, 6.0) and placebo[10:16, 38:44].all() and placebo.sum() == 36
+    on_region = region_measures(region.astype(float), region, region, box, 3.0, placebo)
+    both_corners = region_measures((region | placebo).astype(float), region | placebo, region, box, 3.0, placebo)
+    assert on_region["share"] == 1.0 and on_region["placebo_share"] == 0.0
+    assert both_corners["share"] == 1.0 and both_corners["placebo_share"] == 1.0
 
 
 def test_a_confounder_file_naming_a_finding_the_model_does_not_score_is_refused(tmp_path):

@@ -277,8 +277,14 @@ def test_evaluate_command_prints_the_summary_and_names_its_files(trained64, phan
     maps = ["learned", "gradcam", "random", "anomaly", "attribution", "gradcam16"]  # the learned map first
     assert saved["maps"] == maps and list(saved["road"]) == maps and list(saved["localisation"]) == ["n_boxes", *maps]
     assert list(cf["sets"]["all"]["maps"]) == maps and "confounder audit" in out
+    learned = cf["sets"]["all"]["maps"]["learned"]
+    assert (f"learned {learned['pointing']['mean']:.2f} / {learned['share']['mean']:.2f} / "
+            f"{learned['placebo_share']['mean']:.2f}") in out
     assert sum(cf["sets"][k]["n_pairs"] for k in ("relied", "ignored")) <= cf["n_pairs"]
-    assert "id='confounders'" in (tmp_path / "report.html").read_text()
+    html = (tmp_path / "report.html").read_text()
+    assert "id='confounders'" in html and "<th>share of the mirrored region</th>" in html
+    assert set(cf["sets"]["all"]["maps"]["learned"]) == {"pointing", "pointing_tolerant", "share", "energy",
+                                                         "placebo_share"}
     assert f"evaluate: {saved['n_images']} images" in out and "gradcam" in out and "pointing" in out
     assert "ROAD MoRF" in out and "95% CI" in out
     assert saved["road_ratios"] == [0.05, 0.1] and set(saved["road"]["learned"]["morf"]) == {"0.05", "0.1"}

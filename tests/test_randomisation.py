@@ -96,3 +96,28 @@ def test_the_sanity_command_retrains_the_head_at_each_step_and_against_a_ceiling
     assert torch.equal(first["backbone"]["layer4.0.conv1.weight"], given["backbone"]["layer4.0.conv1.weight"])
     assert json.loads((tmp_path / "metrics.json").read_text())["sanity"]["retrained_head"] == r
     assert "retrained-head check" in out and "ceiling" in out
+
+
+def test_the_sanity_command_takes_a_mask_stage_trained_alone_against_a_given_classifier(trained64, phantom64,
+                                                                                         tmp_path):
+    """A checkpoint from `train --epochs 0 --weights CK` has no classifier stage of its own: the check retrains
+    its mask stage alone too, against the given classifier randomised."""
+    from roi_consistency import cli
+    from roi_consistency.model.config import config
+    from roi_consistency.training.train import fit
+    alone = tmp_path / "alone.pt"
+    fit(config(train_csv=str(phantom64["val"]), val_csv=str(phantom64["val"]), image_root=str(phantom64["images"]),
+               img_size=48, backbone="resnet18", pretrained=False, batch_size=16, accum_steps=1, epochs=0,
+               mask_epochs=1, weights=str(trained64), workers=0, save=str(alone)))
+    assert set(torch.load(alone, weights_only=True)["progress"]) == {"mask"}
+    cli.main(["sanity", "--checkpoint", str(alone), "--train-csv", str(phantom64["val"]), "--val-csv",
+              str(phantom64["val"]), "--csv", str(phantom64["test"]), "--image-root", str(phantom64["images"]),
+              "--out-dir", str(tmp_path), "--steps", "1", "--sanity-images", "8", "--workers", "0", "--quiet"])
+    r = json.loads((tmp_path / "sanity.json").read_text())["retrained_head"]
+    assert r["stages"] == ["fc"] and len(r["learned"]["median"]) == 1
+    given = torch.load(trained64, weights_only=True)["backbone"]
+    for k in range(2):  # the ceiling against the given classifier itself, then against it with fc random
+        ck = torch.load(tmp_path / "sanity" / f"step{k}" / "ck.pt", weights_only=True)
+        assert set(ck["progress"]) == {"mask"} and ck["progress"]["mask"]["epoch"] == 1
+        assert torch.equal(ck["backbone"]["layer4.0.conv1.weight"], given["layer4.0.conv1.weight"])
+        assert torch.equal(ck["backbone"]["fc.weight"], given["fc.weight"]) == (k == 0)

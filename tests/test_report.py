@@ -167,6 +167,11 @@ def test_report_is_self_contained_and_escaped(reports):
     assert "<b>fail</b> (median |ρ| 0.99)" in text  # the verdict is read at the third step, not the last
     assert "Randomised: top &lt;i&gt;stages&lt;/i&gt;." in text
     assert "The head retrained" in text and "0.75" in text and "0.25" in text and "321 s" in text  # and its ceiling
+    # the verdicts in the headline, the fair one first; in the section, the retrained head's cascade first
+    summary = ("(the fair check) the learned map <b>fails</b> (median ρ 0.25); with its head frozen the learned map "
+               "passes (median ρ 0.12); Grad-CAM passes (median ρ 0.05)")
+    assert text.index(summary) < text.index("id='auroc'") and text.count(summary) == 2
+    assert text.index("id='sanity'") < text.index("The head retrained") < text.index("The head frozen")
     assert "0.313" in text and "0.914" in text and "0.041" in text and "youden, chosen on val.csv" in text
     assert "By lesion size" in text and "1.23 % and 4.56 %" in text and "small (3 boxes)" in text and "0.333 /" in text
     assert "[0.841, 0.883]" in text and "[0.457" not in text and "0.4567]" not in text and ", 0.457]" in text
@@ -185,6 +190,7 @@ def test_report_without_localisation(reports):
     assert "has no thresholds" in text and "roi-consistency calibrate" in text
     assert "Trained on (not recorded) · evaluated on Some CPU" in text  # a checkpoint from before it was recorded
     assert "The head frozen" in text and "retrained-head cascade was not run" in text
+    assert "the check with the head retrained, the fair one for a learned map, was not run" in text
 
 
 def _chromium_or_skip():

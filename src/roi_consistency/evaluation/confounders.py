@@ -13,7 +13,9 @@ matters most. For every listed pair:
   and within the pointing game's tolerance (15 px at 224 px, scaled: a coarse map's peak can sit just
   outside a small marker); `share`, the share of the region's pixels inside the map's mask at the
   model's keep ratio (Sun et al. 2023's confounder sensitivity); `energy`, the share of the map's
-  positive mass inside the region.
+  positive mass inside the region; `placebo_share`, the share of the region mirrored left to right inside
+  the mask: a map that lights the region itself, not that part of every film (a corner, an apex), covers
+  the region more than its mirror image.
 
 Each is reported on all pairs, on those where the model relies on the region (the fill's drop above
 RELIES) and on those where it does not (below IGNORES): where the model relies on the region a map that
@@ -78,14 +80,26 @@ def peak_distance(map_: np.ndarray, box: tuple[float, float, float, float]) -> f
     return float(np.hypot(max(x0 - cx, 0.0, cx - x0 - w), max(y0 - cy, 0.0, cy - y0 - h)))
 
 
-def region_measures(map_: np.ndarray, mask: np.ndarray, region: np.ndarray, box, tolerance: float) -> dict:
-    """One map's pointing (strict and tolerant), share and energy for one region."""
+def mirrored(box: tuple[float, float, float, float], width: int) -> tuple[float, float, float, float]:
+    """The box mirrored left to right in an image `width` pixels wide."""
+    x0, y0, w, h = box
+    return (width - x0 - w, y0, w, h)
+
+
+def covered(mask: np.ndarray, region: np.ndarray) -> float:
+    return float((mask & region).sum() / max(int(region.sum()), 1))
+
+
+def region_measures(map_: np.ndarray, mask: np.ndarray, region: np.ndarray, box, tolerance: float,
+                    placebo: np.ndarray) -> dict:
+    """One map's pointing (strict and tolerant), share and energy for one region, and its share of the
+    `placebo` region (the region mirrored)."""
     dist = peak_distance(map_, box)
     positive = np.clip(map_, 0, None)
     mass = float(positive.sum())
     return {"pointing": float(dist == 0), "pointing_tolerant": float(dist <= tolerance),
-            "share": float((mask & region).sum() / max(int(region.sum()), 1)),
-            "energy": float(positive[region].sum() / mass) if mass > 0 else 0.0}
+            "share": covered(mask, region), "energy": float(positive[region].sum() / mass) if mass > 0 else 0.0,
+            "placebo_share": covered(mask, placebo)}
 
 
 def audit_chunk(model: ROIModel, explainers, xn: torch.Tensor, cls: np.ndarray, boxes: list, r0: float,
@@ -94,6 +108,7 @@ def audit_chunk(model: ROIModel, explainers, xn: torch.Tensor, cls: np.ndarray, 
     map name: {measure: [P]}, "maps": {name: [P,H,W]}}."""
     size = xn.shape[-1]
     region = np.stack([M.box_mask((size, size), b) for b in boxes])
+    placebo = np.stack([M.box_mask((size, size), mirrored(b, size)) for b in boxes])
     at = np.arange(len(cls))
     m = torch.from_numpy(region).float()[:, None].to(xn.device)
     with torch.no_grad():
@@ -106,7 +121,7 @@ def audit_chunk(model: ROIModel, explainers, xn: torch.Tensor, cls: np.ndarray, 
         maps = e(pairs).detach()
         masks = topk_mask(jittered(maps, e.ties, gens["jitter"]), r0)[:, 0].bool().cpu().numpy()
         maps = maps[:, 0].float().cpu().numpy()
-        rows = [region_measures(maps[k], masks[k], region[k], boxes[k], TOLERANCE * size) for k in at]
+        rows = [region_measures(maps[k], masks[k], region[k], boxes[k], TOLERANCE * size, placebo[k]) for k in at]
         out[e.name] = {k: np.array([r[k] for r in rows]) for k in MEASURES}
         out["maps"][e.name] = maps
     return out

@@ -176,16 +176,18 @@ def calibration_lines(cal: dict | None) -> list[str]:
 
 
 def confounder_lines(cf: dict | None) -> list[str]:
-    """The confounder audit in two lines a set: the reliance, and each map's pointing and share."""
+    """The confounder audit in a line a set: the reliance, and each map's pointing, share and the mirrored
+    region's share."""
     if not cf:
         return []
     lines = [f"  confounder audit ({cf['n_pairs']} pairs on {cf['n_images']} images; reliance: p drop without the "
-             "region, fill | ROAD; per map: pointing / share):"]
+             "region, fill | ROAD; per map: pointing / share / share of the region mirrored):"]
     for k, v in cf["sets"].items():
         if not v["n_pairs"]:
             continue
         rel = v["reliance"]
-        maps = ", ".join(f"{n} {x['pointing']['mean']:.2f} / {x['share']['mean']:.2f}" for n, x in v["maps"].items())
+        maps = ", ".join(f"{n} {x['pointing']['mean']:.2f} / {x['share']['mean']:.2f} / "
+                         f"{x['placebo_share']['mean']:.2f}" for n, x in v["maps"].items())
         lines.append(f"    {k:8s} {v['n_pairs']:4d} pairs: reliance {rel['fill']['mean']:+.3f} | "
                      f"{rel['road']['mean']:+.3f} (log-odds {rel['log_odds']['mean']:+.2f}); {maps}")
     return lines

@@ -62,8 +62,8 @@ def fresh_mask_stage(ckpt: dict, backbone: torch.nn.Module, seed: int) -> dict:
     head = build_model(cfg.model, cfg.method, len(cfg.data.classes)).mask_net
     return {**ckpt, "config": config, "backbone": {k: v.contiguous() for k, v in backbone.state_dict().items()},
             "mask_net": head.state_dict(), "stage": "classifier",
-            "progress": {"classifier": ckpt["progress"]["classifier"]}, "optim": {}, "history": [], "best": None,
-            "thresholds": None}
+            "progress": {k: v for k, v in ckpt["progress"].items() if k == "classifier"}, "optim": {}, "history": [],
+            "best": None, "thresholds": None}
 
 
 def retrain(state: dict, work: Path, data: list[str], progress: bool) -> Path:
@@ -81,7 +81,9 @@ def retrain(state: dict, work: Path, data: list[str], progress: bool) -> Path:
 
 
 def check_checkpoint(ckpt: dict, checkpoint: str) -> None:
-    if ckpt["config"]["method"].get("objective") != "two_stage" or "classifier" not in ckpt.get("progress", {}):
+    # a mask stage trained alone (--epochs 0) against the classifier in --weights has no classifier progress
+    given = "classifier" in ckpt.get("progress", {}) or not ckpt["config"]["run"].get("epochs")
+    if ckpt["config"]["method"].get("objective") != "two_stage" or not given:
         raise UserError(f"--checkpoint {checkpoint}: the retrained-head check needs a two-stage checkpoint whose "
                         "classifier stage finished (the reference, --preset seed, has no mask stage of its own)")
     if not ckpt["config"]["run"].get("mask_epochs"):

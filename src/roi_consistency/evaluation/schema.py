@@ -15,7 +15,7 @@ from typing import Optional, TypedDict
 IOBB_T = ("0.1", "0.25", "0.5")  # the IoBB thresholds reported (Wang et al. 2017), as their keys
 SIZES = ("small", "medium", "large")  # the terciles of box area
 CONFOUNDER_SETS = ("all", "relied", "ignored")  # the pairs the confounder audit reports on
-CONFOUNDER_MEASURES = ("pointing", "pointing_tolerant", "share", "energy")  # ... per map
+CONFOUNDER_MEASURES = ("pointing", "pointing_tolerant", "share", "energy", "placebo_share")  # ... per map
 DEFAULT_MAPS = ("learned", "gradcam", "random")  # evaluate's explainers, for metrics that do not list theirs
 
 Interval = Optional[list]  # [low, high] of a 95 % bootstrap interval, or None
@@ -161,7 +161,7 @@ class ConfounderSet(TypedDict):
     n_pairs: int
     reliance: dict  # {"fill" | "road": MeanCI and "share_above": the share of pairs whose p drops > relies_above;
     #                  "log_odds": the fill's drop in log-odds, MeanCI (share_above None)}
-    maps: dict  # {map: {"pointing" | "pointing_tolerant" | "share" | "energy": MeanCI}}
+    maps: dict  # {map: {"pointing" | "pointing_tolerant" | "share" | "energy" | "placebo_share": MeanCI}}
 
 
 class Confounders(TypedDict):

@@ -244,7 +244,8 @@ def _headline(metrics: Metrics) -> str:
             f"<table><tr><th>map</th><th>comprehensiveness@{r:g} ↑</th><th>sufficiency@{r:g} ↓</th>"
             f"<th>ROAD MoRF@{r:g} ↑</th><th>ROAD LeRF@{r:g} ↓</th>"
             f"<th>pointing game ↑</th><th>AUROC, crop</th><th>AUROC, drop</th><th>kept fraction</th></tr>"
-            f"{''.join(rows)}</table>{_paired(metrics.get('uncertainty') or {})}")
+            f"{''.join(rows)}</table>{_paired(metrics.get('uncertainty') or {})}"
+            f"{_sanity_summary(metrics.get('sanity'))}")
 
 
 def _paired(unc: dict) -> str:
@@ -428,12 +429,38 @@ def _sanity_figure(san: dict) -> str:
     return _png(fig)
 
 
+def _verdict_at(v: dict, judged: int) -> str:
+    return f"{'passes' if v['pass'] else '<b>fails</b>'} (median ρ {_fmt(v['median'][judged - 1], 2)})"
+
+
+def _sanity_summary(sanity: dict | None) -> str:
+    """The learned map's verdicts, the fair one (the head retrained) first, the frozen head's beside it."""
+    if not sanity or not (sanity.get("frozen_head") or sanity.get("retrained_head")):
+        return ""
+    r, f = sanity.get("retrained_head"), sanity.get("frozen_head")
+    parts = [f"with its head retrained against each randomised classifier (the fair check) the learned map "
+             f"{_verdict_at({'pass': r['pass'], 'median': r['learned']['median']}, r['judged_at'])}" if r else
+             "the check with the head retrained, the fair one for a learned map, was not run "
+             "(<code>roi-consistency sanity</code>)"]
+    maps = (f or {}).get("maps") or {}
+    parts += [f"{who} {_verdict_at(maps[name], judged_at(f))}" for name, who in
+              (("learned", "with its head frozen the learned map"), ("gradcam", "Grad-CAM")) if name in maps]
+    return f"<p><a href='#sanity'>Randomisation check</a>: {'; '.join(parts)}.</p>"
+
+
 def _sanity(sanity: dict | None) -> str:
-    """Both cascades of the randomisation check, where they were run."""
+    """Both cascades of the randomisation check, where they were run: the retrained head's, the fair one for a
+    map that is trained against the classifier, first."""
     if not sanity:
         return ""
-    return ("<h2 id='sanity'>Sanity: the randomisation check</h2>" + _frozen_head(sanity.get("frozen_head"))
-            + _retrained_head(sanity.get("retrained_head")))
+    return ("<h2 id='sanity'>Sanity: the randomisation check</h2><p>Does the map depend on the model? The "
+            "classifier's top stages are re-initialised and the map drawn again (Adebayo et al. 2018). The learned "
+            "map is trained against the classifier, so the fair check trains its head again against each "
+            "randomised classifier, as a post-hoc map is recomputed. With the head frozen, the head keeps in its own "
+            "weights what it learnt from the intact classifier, so its map can stay put however the classifier "
+            "changes: that cascade is shown beside, as a bound on how much the head alone carries.</p>"
+            + _sanity_summary(sanity) + _retrained_head(sanity.get("retrained_head"))
+            + _frozen_head(sanity.get("frozen_head")))
 
 
 def _retrained_head(r: dict | None) -> str:
@@ -472,11 +499,11 @@ def _frozen_head(san: dict | None) -> str:
     rows = "".join(f"<tr><td>{_esc(k)}</td>{_rho_cells(v)}<td>{verdict(v)}</td></tr>"
                    for k, v in san["maps"].items())
     head = _stage_heads(san["stages"])
-    return ("<h3>The head frozen</h3><p>Does the map depend on the model? The "
-            "classifier's stages are re-initialised top-down, cumulatively, and each map is drawn again on "
-            f"{san['n_pairs']} (image, finding) pairs; a map that hardly changes explains the image, not the model "
-            f"(Adebayo et al. 2018). Cells: the median Spearman correlation with the original after each step, "
-            f"with its interval. A map passes when the median falls below {san['pass_below']:g} once the top {j} "
+    return ("<h3>The head frozen</h3><p>The classifier's stages are re-initialised top-down, cumulatively, and "
+            f"each map is drawn again on {san['n_pairs']} (image, finding) pairs, the learned map with the head "
+            "trained on the intact classifier; a map that hardly changes explains the image, not the model. Cells: "
+            "the median Spearman correlation with the original after each step, with its interval. "
+            f"A map passes when the median falls below {san['pass_below']:g} once the top {j} "
             f"stages are random (after + {_esc(san['stages'][j - 1])}; the median of |ρ| there is given beside the "
             "verdict). The steps after it show how far down the map's dependence on the trained weights reaches. "
             f"Randomised: {_esc(san['randomised'])}. The edge map ignores the model: the control that must fail.</p>"
@@ -512,6 +539,10 @@ def _log_odds_cell(rel: dict) -> str:
     return f"<td>{_fmt(r['mean'], 2)}{_ci(r['ci95'])}</td>" if r else "<td>n/a</td>"
 
 
+def _mean_ci_cell(r: dict | None) -> str:
+    return f"<td>{_fmt(r['mean'])}{_ci(r['ci95'])}</td>" if r else "<td>n/a</td>"  # n/a: not measured then
+
+
 def _confounder_tables(cf: dict) -> str:
     """The reliance per set of pairs, then each map's measures per set."""
     rows = "".join(f"<tr><td>{SET_NAMES[k]}</td><td>{v['n_pairs']}</td>" + "".join(
@@ -522,10 +553,11 @@ def _confounder_tables(cf: dict) -> str:
             f"{cf['relies_above']:g}</th><th>reliance, ROAD</th><th>share &gt; {cf['relies_above']:g}</th>"
             "<th>log-odds drop, fill</th></tr>")
     cells = "".join(f"<tr><td>{SET_NAMES[k]}</td><td>{_esc(name)}</td>" + "".join(
-        f"<td>{_fmt(m[x]['mean'])}{_ci(m[x]['ci95'])}</td>" for x in CONFOUNDER_MEASURES)
+        _mean_ci_cell(m.get(x)) for x in CONFOUNDER_MEASURES)
         + "</tr>" for k, v in cf["sets"].items() if v["n_pairs"] for name, m in v["maps"].items())
     maps = ("<table><tr><th>pairs</th><th>map</th><th>pointing</th><th>pointing, within "
-            f"{100 * cf['tolerance']:.1f} % of the side</th><th>share</th><th>energy</th></tr>")
+            f"{100 * cf['tolerance']:.1f} % of the side</th><th>share</th><th>energy</th>"
+            "<th>share of the mirrored region</th></tr>")
     return head + rows + "</table>" + maps + cells + "</table>"
 
 
@@ -549,7 +581,10 @@ def _confounders(cf: dict | None, examples: list[dict]) -> str:
             "pair's finding: <i>pointing</i>, its maximum lies "
             "in the region (strictly, and within the pointing game's tolerance); <i>share</i>, the share of the "
             "region inside the map's mask (confounder sensitivity, Sun et al. 2023); <i>energy</i>, the share of the "
-            "map's positive mass inside the region. A map that shows what the model relies on scores high where it "
+            "map's positive mass inside the region; <i>share of the mirrored region</i>, the same box mirrored left "
+            "to right, where the region is not: a map that lights the region itself covers it more than its mirror "
+            "image, one that lights that part of every film covers both. A map that shows what the model relies on "
+            "scores high where it "
             "relies on the region and low where it ignores it. Brackets: 95 % bootstrap intervals over the listed "
             "images.</p>" + _confounder_tables(cf) + figures)
 
