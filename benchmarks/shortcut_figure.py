@@ -22,8 +22,9 @@ from matplotlib.patches import Rectangle
 
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import ImageCache
-from roi_consistency.evaluation.confounders import IGNORES, RELIES, audit, read_confounders
+from roi_consistency.evaluation.confounders import IGNORES, RELIES, audit, covered, read_confounders
 from roi_consistency.evaluation.explainers import GradCAM, Learned
+from roi_consistency.evaluation.metrics import box_mask
 from roi_consistency.model.trained import load_trained
 
 MAPS = {"learned": "learned map", "gradcam": "Grad-CAM"}
@@ -46,9 +47,8 @@ def median_film(checkpoint: str, d: Path, which: str) -> dict:
 
 
 def share(mask: np.ndarray, box) -> float:
-    _, x, y, w, h = box
-    region = mask[int(round(y)):int(round(y + h)), int(round(x)):int(round(x + w))]
-    return float(region.mean()) if region.size else float("nan")
+    """The share of the marker's box inside the mask, with the audit's own pixel rule."""
+    return covered(mask, box_mask(mask.shape, box[1:]))
 
 
 def draw_row(axes, ex: dict, title: str) -> None:

@@ -95,6 +95,7 @@ def test_the_sanity_command_retrains_the_head_at_each_step_and_against_a_ceiling
     assert not torch.equal(first["backbone"]["fc.weight"], given["backbone"]["fc.weight"])  # fc randomised
     assert torch.equal(first["backbone"]["layer4.0.conv1.weight"], given["backbone"]["layer4.0.conv1.weight"])
     assert json.loads((tmp_path / "metrics.json").read_text())["sanity"]["retrained_head"] == r
+    assert json.loads((tmp_path / "sanity.json").read_text())["checkpoint_stamp"]["size"] == trained64.stat().st_size
     assert "retrained-head check" in out and "ceiling" in out
 
 
@@ -121,3 +122,19 @@ def test_the_sanity_command_takes_a_mask_stage_trained_alone_against_a_given_cla
         assert set(ck["progress"]) == {"mask"} and ck["progress"]["mask"]["epoch"] == 1
         assert torch.equal(ck["backbone"]["layer4.0.conv1.weight"], given["layer4.0.conv1.weight"])
         assert torch.equal(ck["backbone"]["fc.weight"], given["fc.weight"]) == (k == 0)
+
+
+def test_a_retrained_check_of_an_earlier_state_of_the_checkpoint_stays_out_of_the_report(tmp_path, capsys):
+    """sanity.json names its checkpoint by path; the same path written again since (more training) has another
+    size or time, and evaluate leaves that check out, saying so. One written before the stamp is kept."""
+    from roi_consistency.evaluation.evaluate import retrained_head
+    from roi_consistency.files.checkpoint import stamp
+    ck, check = tmp_path / "m.pt", {"pass": True}
+    ck.write_bytes(b"first")
+    (tmp_path / "sanity.json").write_text(json.dumps({"checkpoint": str(ck), "checkpoint_stamp": stamp(ck),
+                                                      "retrained_head": check}))
+    assert retrained_head(tmp_path, str(ck)) == check and retrained_head(tmp_path, str(tmp_path / "x.pt")) is None
+    ck.write_bytes(b"trained further")
+    assert retrained_head(tmp_path, str(ck)) is None and "written again since" in capsys.readouterr().err
+    (tmp_path / "sanity.json").write_text(json.dumps({"checkpoint": str(ck), "retrained_head": check}))
+    assert retrained_head(tmp_path, str(ck)) == check

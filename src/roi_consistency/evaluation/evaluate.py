@@ -12,6 +12,7 @@ can be faithful and inside the box for that finding.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from roi_consistency.evaluation.randomisation import frozen_head_check, sanity_p
 from roi_consistency.evaluation.schema import Metrics, judged_at, maps_of, ratio_key
 from roi_consistency.evaluation.summary import summarize
 from roi_consistency.files.atomic import write_json
+from roi_consistency.files.checkpoint import stamp
 from roi_consistency.model.network import ROIModel
 from roi_consistency.model.trained import load_trained
 from roi_consistency.outputs.gallery import Gallery
@@ -87,12 +89,18 @@ def evaluate_checkpoint(checkpoint: str, csv_path: str, image_root: str, bbox: s
 
 
 def retrained_head(out: Path, checkpoint: str) -> dict | None:
-    """The `sanity` command's result in out_dir, where it checked this checkpoint."""
+    """The `sanity` command's result in out_dir, where it checked this checkpoint as it is now."""
     path = out / "sanity.json"
     if not path.is_file():
         return None
     found = json.loads(path.read_text())
-    return found["retrained_head"] if Path(found["checkpoint"]).resolve() == Path(checkpoint).resolve() else None
+    if Path(found["checkpoint"]).resolve() != Path(checkpoint).resolve():
+        return None
+    if found.get("checkpoint_stamp") not in (None, stamp(checkpoint)):  # None: written before it was recorded
+        print(f"warning: {path} checked an earlier state of {checkpoint}, which was written again since; left out "
+              "of the report (run `roi-consistency sanity` again)", file=sys.stderr)
+        return None
+    return found["retrained_head"]
 
 
 def randomisation_check(model: ROIModel, cfg, ds: ImageCSVDataset, boxes: dict, opt: EvalOptions, dev):

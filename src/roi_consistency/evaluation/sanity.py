@@ -44,7 +44,7 @@ from roi_consistency.evaluation.randomisation import (
 )
 from roi_consistency.evaluation.schema import upgraded
 from roi_consistency.files.atomic import write_json
-from roi_consistency.files.checkpoint import best_path, read_checkpoint, save_checkpoint
+from roi_consistency.files.checkpoint import best_path, read_checkpoint, save_checkpoint, stamp
 from roi_consistency.model.config import TrainConfig
 from roi_consistency.model.network import build_model
 from roi_consistency.model.trained import load_trained, restore
@@ -85,7 +85,8 @@ def check_checkpoint(ckpt: dict, checkpoint: str) -> None:
     given = "classifier" in ckpt.get("progress", {}) or not ckpt["config"]["run"].get("epochs")
     if ckpt["config"]["method"].get("objective") != "two_stage" or not given:
         raise UserError(f"--checkpoint {checkpoint}: the retrained-head check needs a two-stage checkpoint whose "
-                        "classifier stage finished (the reference, --preset seed, has no mask stage of its own)")
+                        "classifier stage finished or came from --weights (the reference, --preset seed, has no mask "
+                        "stage of its own)")
     if not ckpt["config"]["run"].get("mask_epochs"):
         raise UserError(f"--checkpoint {checkpoint}: trained without a mask stage (--mask-epochs 0)")
 
@@ -98,6 +99,7 @@ def retrained_head_check(checkpoint: str, train_csv: str, val_csv: str, csv: str
     if Path(checkpoint).is_dir():
         raise UserError(f"--checkpoint {checkpoint} is an exported folder; the check retrains the mask stage, and "
                         "needs the checkpoint `train` wrote")
+    written = stamp(checkpoint)  # before reading: the checkpoint this check is of
     ckpt = read_checkpoint(checkpoint)
     check_checkpoint(ckpt, checkpoint)
     dev = pick_device(device)
@@ -120,7 +122,7 @@ def retrained_head_check(checkpoint: str, train_csv: str, val_csv: str, csv: str
         constant.append(float((maps.flatten(1).std(1) == 0).float().mean()))
     result = verdict(rho, constant, [n for n, _ in stages], len(pairs), seed)
     result.update(cost_s=round(time.perf_counter() - t0, 1), mask_epochs=cfg.run.mask_epochs)
-    publish(out, checkpoint, result)
+    publish(out, checkpoint, written, result)
     return result
 
 
@@ -152,9 +154,10 @@ def verdict(rho: list[np.ndarray], constant: list[float], stages: list[str], n_p
                          "stage on the intact classifier with the next seed"}
 
 
-def publish(out: Path, checkpoint: str, result: dict) -> None:
+def publish(out: Path, checkpoint: str, written: dict, result: dict) -> None:
     """OUT/sanity.json, and OUT/metrics.json's sanity.retrained_head when metrics.json is there."""
-    write_json(out / "sanity.json", {"checkpoint": str(checkpoint), "retrained_head": result})
+    write_json(out / "sanity.json", {"checkpoint": str(checkpoint), "checkpoint_stamp": written,
+                                     "retrained_head": result})
     metrics = out / "metrics.json"
     if metrics.is_file():
         m = upgraded(json.loads(metrics.read_text()))

@@ -70,6 +70,12 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", map_location="cp
     return ckpt
 
 
+def stamp(path: str | Path) -> dict:
+    """The file's size and modification time: a checkpoint written again since has another."""
+    st = Path(path).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def best_path(path: str | Path) -> Path:
     """checkpoints/x.pt -> checkpoints/x.best.pt"""
     p = Path(path)
