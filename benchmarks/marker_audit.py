@@ -23,7 +23,7 @@ from PIL import Image
 
 from roi_consistency.data.dataset import ImageCSVDataset
 from roi_consistency.data.images import ImageCache
-from roi_consistency.evaluation.confounders import audit, confounders_section, read_confounders
+from roi_consistency.evaluation.confounders import audit, confounders_section, mirrored, read_confounders
 from roi_consistency.evaluation.explainers import Anomaly, Attribution, GradCAM, Learned, Random
 from roi_consistency.model.mask_nets import feature_layers
 from roi_consistency.model.trained import load_trained
@@ -40,13 +40,13 @@ class StageMap:
         (w,), _, _ = weighted_features(self.backbone, pairs.xn, pairs.cls, (self.layer,))
         return F.interpolate(w.sum(1, keepdim=True), size=pairs.xn.shape[-2:], mode="bilinear", align_corners=False)
 
-def mirrored(listed: Path, images: Path, out: Path) -> Path:
+def mirrored_file(listed: Path, images: Path, out: Path) -> Path:
     lines = listed.read_text().splitlines()
     rows = [lines[0]]
     for line in lines[1:]:
-        name, finding, x, y, w, h = line.split(",")[:6]
-        width = Image.open(images / name).size[0]
-        rows.append(",".join([name, finding, str(width - float(x) - float(w)), y, w, h]))
+        name, finding, *box = line.split(",")[:6]
+        x, y, w, h = mirrored(tuple(float(v) for v in box), Image.open(images / name).size[0])
+        rows.append(",".join([name, finding, str(x), str(y), str(w), str(h)]))
     out.write_text("\n".join(rows) + "\n")
     return out
 
@@ -69,7 +69,7 @@ def main() -> None:
     ds = ImageCSVDataset(d / "csv/nih_roi_test.csv", d / "phantom/images", size, cfg.data.classes,
                          cache=ImageCache(str(d / "cache256"), size))
     with tempfile.TemporaryDirectory() as tmp:
-        listed_file = mirrored(d / "marker_only.csv", d / "phantom/images", Path(tmp) / "m.csv") if a.mirror \
+        listed_file = mirrored_file(d / "marker_only.csv", d / "phantom/images", Path(tmp) / "m.csv") if a.mirror \
             else d / "marker_only.csv"
         listed, left = read_confounders(str(listed_file), ds, cfg.data.classes, size)
     maps = [Learned(model), GradCAM(model), Random(0)]

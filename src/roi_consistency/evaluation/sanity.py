@@ -62,8 +62,8 @@ def fresh_mask_stage(ckpt: dict, backbone: torch.nn.Module, seed: int) -> dict:
     head = build_model(cfg.model, cfg.method, len(cfg.data.classes)).mask_net
     return {**ckpt, "config": config, "backbone": {k: v.contiguous() for k, v in backbone.state_dict().items()},
             "mask_net": head.state_dict(), "stage": "classifier",
-            "progress": {k: v for k, v in ckpt["progress"].items() if k == "classifier"}, "optim": {}, "history": [],
-            "best": None, "thresholds": None}
+            "progress": {"classifier": p} if (p := ckpt["progress"].get("classifier")) else {}, "optim": {},
+            "history": [], "best": None, "thresholds": None}
 
 
 def retrain(state: dict, work: Path, data: list[str], progress: bool) -> Path:
